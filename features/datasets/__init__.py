@@ -1,0 +1,1 @@
+"""Built-in data sets that install offline (see docs/data.md)."""
