@@ -1,0 +1,14 @@
+"""Feature-interaction layers: ``B x N x D`` feature tokens -> ``B x K x out_dim`` (one representation per task).
+
+Shapes: B batch, N feature tokens (dense, then sparse, then image tokens, in the caller's fixed order),
+D token width, K tasks, H heads.
+
+Every interaction is built by ``create(name, num_tokens=N, dim=D, num_tasks=K, **hyper_parameters)`` and has an
+``out_dim`` attribute. Registered: ``hiformer``, ``hetero_attention``, ``transformer``, ``dcnv2`` (needs torchrec),
+``dlrm``.
+"""
+
+from ranker.interactions import baselines, hiformer  # noqa: F401  (importing registers the factories)
+from ranker.interactions._registry import create, list_names, register
+
+__all__ = ["create", "list_names", "register"]
