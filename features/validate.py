@@ -1,0 +1,135 @@
+"""Checks of raw input against its schema, with errors that name the file, the column and the problem.
+
+File-level problems (a missing, truncated, empty or non-parquet file, a missing column, a wrong type) always stop
+the run. Row-level problems (nulls where not allowed, NaN/inf in dense features, labels outside {0, 1}, ids out of
+range) are described per row by :func:`row_problem`: the run stops with a count and the first offending row, or,
+when the schema says ``bad_rows: quarantine``, the rows go to a quarantine parquet with their reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from features.schema import Schema
+
+ROW_COLUMN = "_row"
+REASON_COLUMN = "_reason"
+
+
+class DataError(ValueError):
+    """Input data that does not match its schema; the message names file, column and problem."""
+
+
+def _is_integer(dtype: pl.DataType) -> bool:
+    return dtype.is_integer()
+
+
+def _kind_ok(dtype: pl.DataType, allowed: str) -> bool:
+    if allowed == "id":
+        return dtype.is_integer() or dtype == pl.String or dtype == pl.Categorical
+    if allowed == "numeric":
+        return dtype.is_numeric() or dtype == pl.Boolean
+    if allowed == "list":
+        return isinstance(dtype, pl.List) and _kind_ok(dtype.inner, "id")
+    return True
+
+
+def check_file(path: Path, schema: Schema) -> pl.Schema:
+    """File-level checks of one raw parquet file; returns its polars schema."""
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as err:
+        raise DataError(f"{path}: not a readable parquet file (truncated or another format?): {err}") from err
+    if meta.num_rows == 0:
+        raise DataError(f"{path}: empty file (0 rows)")
+    file_schema = pl.read_parquet_schema(path)
+    missing = [c for c in schema.feature_columns if c not in file_schema]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; the file has {list(file_schema)}")
+    expectations = (
+        [(f.column, "list" if f.kind == "multi" else "id", f"sparse feature {f.name!r}") for f in schema.sparse]
+        + [(f.column, "numeric", f"dense feature {f.name!r}") for f in schema.dense]
+        + [(lb.column, "numeric", f"label {lb.name!r}") for lb in schema.labels]
+        + [(schema.group, "id", "group")]
+        + ([(schema.item, "id", "item")] if schema.item else [])
+    )
+    for column, kind, role in expectations:
+        dtype = file_schema[column]
+        if not _kind_ok(dtype, kind):
+            want = {"id": "an integer or string", "numeric": "a number", "list": "a list of integers or strings"}
+            raise DataError(f"{path}: column {column!r} ({role}) has type {dtype}; expected {want[kind]}")
+    for f in schema.sparse:
+        if f.encoding == "identity":
+            inner = file_schema[f.column].inner if f.kind == "multi" else file_schema[f.column]
+            if not _is_integer(inner):
+                raise DataError(f"{path}: column {f.column!r} (identity-encoded {f.name!r}) must hold integers")
+    return file_schema
+
+
+def row_problem(schema: Schema, known_items: pl.Series | None) -> pl.Expr:
+    """An expression giving, per row, the first problem found (a string naming the column) or null."""
+    checks: list[tuple[pl.Expr, str]] = []
+    for lb in schema.labels:
+        col = pl.col(lb.column)
+        checks.append((col.is_null(), f"column {lb.column!r} (label): null"))
+        checks.append(
+            (~col.cast(pl.Float64).is_in([0.0, 1.0]), f"column {lb.column!r} (label): value outside {{0, 1}}")
+        )
+    for f in schema.dense:
+        col = pl.col(f.column).cast(pl.Float64)
+        if f.fill_null is None:
+            checks.append((col.is_null(), f"column {f.column!r} (dense): null"))
+        else:
+            col = col.fill_null(f.fill_null)
+        checks.append((col.is_nan(), f"column {f.column!r} (dense): NaN"))
+        checks.append((col.is_infinite(), f"column {f.column!r} (dense): inf"))
+        if f.transform == "log1p":
+            checks.append((col <= -1.0, f"column {f.column!r} (dense, log1p): value <= -1"))
+    for f in schema.sparse:
+        col = pl.col(f.column)
+        if not f.nullable:
+            checks.append((col.is_null(), f"column {f.column!r} (sparse): null"))
+        if f.encoding == "identity":
+            if f.kind == "multi":
+                bad = (col.list.min() < 0) | (col.list.max() >= f.num_ids)
+            else:
+                bad = (col < 0) | (col >= f.num_ids)
+            checks.append((bad.fill_null(False), f"column {f.column!r} (sparse): id outside [0, {f.num_ids})"))
+    checks.append((pl.col(schema.group).is_null(), f"column {schema.group!r} (group): null"))
+    if schema.item:
+        item = pl.col(schema.item)
+        checks.append((item.is_null(), f"column {schema.item!r} (item): null"))
+        if known_items is not None:
+            checks.append((~item.is_in(known_items.implode()), f"column {schema.item!r} (item): id not in items table"))
+    expr = pl.lit(None, dtype=pl.String)
+    for cond, reason in reversed(checks):
+        expr = pl.when(cond.fill_null(False)).then(pl.lit(reason)).otherwise(expr)
+    return expr.alias(REASON_COLUMN)
+
+
+def summarise_problems(path: Path, flagged: pl.LazyFrame) -> pl.DataFrame:
+    """Counts of bad rows per reason, with the first row index of each (empty when the file is clean)."""
+    return (
+        flagged.filter(pl.col(REASON_COLUMN).is_not_null())
+        .group_by(REASON_COLUMN)
+        .agg(pl.len().alias("rows"), pl.col(ROW_COLUMN).min().alias("first_row"))
+        .sort("first_row")
+        .collect()
+    )
+
+
+def raise_for_problems(path: Path, problems: pl.DataFrame) -> None:
+    if problems.height == 0:
+        return
+    lines = [f"  {r[REASON_COLUMN]}: {r['rows']} row(s), first at row {r['first_row']}" for r in problems.to_dicts()]
+    total = int(problems["rows"].sum())
+    raise DataError(
+        f"{path}: {total} bad row(s)\n" + "\n".join(lines) + "\n(set `bad_rows: quarantine` in the schema to set "
+        "such rows aside in a quarantine file instead of stopping)"
+    )
