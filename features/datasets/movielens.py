@@ -15,12 +15,10 @@ next 10% valid, the last 10% test (so the boundaries are fixed by the data, not 
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from pathlib import Path
 
 import polars as pl
 
-SCHEMA_TEMPLATE = Path(__file__).with_name("movielens-100k.yaml")
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 GENRES = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
@@ -84,7 +82,7 @@ def load_joined() -> pl.DataFrame:
 
 
 def build_movielens(out_dir: Path) -> dict[str, object]:
-    """Writes ``train/valid/test.parquet`` and ``schema.yaml`` into ``out_dir``; returns a manifest."""
+    """Writes ``train/valid/test.parquet`` into ``out_dir``; returns a manifest."""
     out_dir.mkdir(parents=True, exist_ok=True)
     df = load_joined()
     n = df.height
@@ -100,5 +98,4 @@ def build_movielens(out_dir: Path) -> dict[str, object]:
             "first_timestamp": int(part["timestamp"].min()),
             "last_timestamp": int(part["timestamp"].max()),
         }
-    shutil.copyfile(SCHEMA_TEMPLATE, out_dir / "schema.yaml")
     return {"name": "movielens-100k", "source": str(source_dir()), "rows": n, "splits": counts}

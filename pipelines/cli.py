@@ -1,0 +1,192 @@
+"""The ``ranker`` command line.
+
+Typical session::
+
+    ranker data build movielens-100k            # real ratings -> data/raw/movielens-100k
+    ranker data build fashion-clicks --rows 200000 --seed 0
+    ranker features build data/raw/movielens-100k/schema.yaml   # -> data/features/movielens-100k
+    ranker demo                                 # the whole default job
+
+Every step writes an output directory with a ``manifest.json`` and is skipped when its inputs have not changed
+(``--force`` re-runs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DATA_DIR = Path(os.environ.get("RANKER_DATA", "data"))
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def _cmd_data_list(args: argparse.Namespace) -> int:
+    from pipelines.data import DATASETS
+
+    for name in DATASETS:
+        folder = args.data_dir / "raw" / name
+        state = "built" if (folder / "manifest.json").exists() else "not built"
+        print(f"{name:16s} {state:10s} {folder}")
+    return 0
+
+
+def _cmd_data_build(args: argparse.Namespace) -> int:
+    from pipelines.data import build_dataset
+
+    out = args.out or args.data_dir / "raw" / args.name
+    manifest = build_dataset(args.name, out, rows=args.rows, seed=args.seed, force=args.force, progress=True)
+    print(f"{args.name}: {out} ({manifest.get('seconds', 0)} s)")
+    _print_json(manifest.get("results", {}))
+    return 0
+
+
+def _features_out(args: argparse.Namespace) -> Path:
+    if args.out:
+        return args.out
+    from features.schema import load_schema
+
+    return args.data_dir / "features" / load_schema(args.schema).name
+
+
+def _cmd_features_build(args: argparse.Namespace) -> int:
+    from pipelines.build_features import build_features
+
+    out = _features_out(args)
+    manifest = build_features(args.schema, out, row_group_size=args.row_group_size, force=args.force)
+    results = manifest["results"]
+    for split, rep in results["splits"].items():
+        counts = f"in {rep['rows_in']:>10,}  out {rep['rows_out']:>10,}  quarantined {rep['rows_quarantined']:,}"
+        print(f"{split:6s} rows {counts}")
+        for reason, count in rep["reasons"].items():
+            print(f"         {count:,} x {reason}")
+    print(f"features: {out} ({manifest['seconds']} s)")
+    return 0
+
+
+def _cmd_features_fit(args: argparse.Namespace) -> int:
+    from features.processor import fit
+    from features.schema import load_schema
+
+    out = _features_out(args)
+    fmap = fit(load_schema(args.schema), out)
+    print(f"feature map: {out / 'feature_map.json'} ({fmap.train_rows:,} train rows)")
+    return 0
+
+
+def _cmd_features_transform(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from features.processor import transform
+    from features.schema import load_schema
+
+    schema = load_schema(args.schema)
+    out = _features_out(args)
+    for split in args.split or [s for s in ("train", "valid", "test") if s in schema.files]:
+        _print_json(asdict(transform(schema, out, split, row_group_size=args.row_group_size)))
+    return 0
+
+
+def _cmd_features_show(args: argparse.Namespace) -> int:
+    from features.processor import FeatureMap
+
+    fmap = FeatureMap.load(args.features)
+    print(f"{fmap.schema_name}: {fmap.train_rows:,} train rows, hash {fmap.hash_algorithm} seed {fmap.hash_seed}")
+    for s in fmap.sparse:
+        print(f"  sparse {s.name:18s} {s.kind:6s} {s.encoding:8s} {s.num_embeddings:>9,} ids")
+    for d in fmap.dense:
+        print(f"  dense  {d.name:18s} {d.transform:8s} mean {d.mean:.4g} std {d.std:.4g}")
+    for name, rate in fmap.positive_rate.items():
+        print(f"  label  {name:18s} positive rate {rate:.4f}")
+    if fmap.image_shape:
+        print(f"  images {fmap.num_images:,} x {fmap.image_shape}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pipelines.build_features import build_features
+    from pipelines.data import build_dataset
+
+    for name in ("movielens-100k", "fashion-clicks"):
+        raw = args.data_dir / "raw" / name
+        manifest = build_dataset(name, raw, rows=args.rows, seed=args.seed, progress=True)
+        if name == "fashion-clicks":
+            auc = manifest["results"]["bayes_auc"]
+            print(f"{name}: Bayes-optimal test AUC {auc['overall']:.4f} (cold items {auc['cold']:.4f})")
+        feats = build_features(raw / "schema.yaml", args.data_dir / "features" / name)
+        rows = {s: r["rows_out"] for s, r in feats["results"]["splits"].items()}
+        print(f"{name}: processed rows {rows} -> {args.data_dir / 'features' / name}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ranker",
+        description="Hiformer ranking pipeline: data -> features -> train -> evaluate.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help="root of data/raw and data/features (default: %(default)s, or $RANKER_DATA)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="built-in data sets").add_subparsers(dest="action", required=True)
+    p = data.add_parser("list", help="list built-in data sets and whether they are built")
+    p.set_defaults(func=_cmd_data_list)
+    p = data.add_parser("build", help="build a data set's raw parquet and schema.yaml")
+    p.add_argument("name", choices=["movielens-100k", "fashion-clicks"])
+    p.add_argument("--rows", type=int, default=200_000, help="fashion-clicks: number of rows (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="fashion-clicks: generator seed (default %(default)s)")
+    p.add_argument("--out", type=Path, help="output folder (default: DATA_DIR/raw/NAME)")
+    p.add_argument("--force", action="store_true", help="rebuild even if an up-to-date build exists")
+    p.set_defaults(func=_cmd_data_build)
+
+    feats = sub.add_parser("features", help="fit and apply the feature pipeline").add_subparsers(
+        dest="action", required=True
+    )
+    for action, func, text in (
+        ("build", _cmd_features_build, "fit on train, then transform every split (resumable)"),
+        ("fit", _cmd_features_fit, "fit vocabularies, hashes and dense statistics on the train split"),
+        ("transform", _cmd_features_transform, "write processed parquet with a fitted feature map"),
+    ):
+        p = feats.add_parser(action, help=text, description=text)
+        p.add_argument("schema", type=Path, help="schema YAML (e.g. data/raw/movielens-100k/schema.yaml)")
+        p.add_argument("--out", type=Path, help="output folder (default: DATA_DIR/features/<schema name>)")
+        p.add_argument("--row-group-size", type=int, default=65_536, help="rows per parquet row group")
+        if action == "build":
+            p.add_argument("--force", action="store_true", help="re-run even if the output is up to date")
+        if action == "transform":
+            p.add_argument("--split", action="append", choices=["train", "valid", "test"], help="split(s) to transform")
+        p.set_defaults(func=func)
+    p = feats.add_parser("show", help="summarise a fitted feature map")
+    p.add_argument("features", type=Path, help="features folder holding feature_map.json")
+    p.set_defaults(func=_cmd_features_show)
+
+    p = sub.add_parser("demo", help="the default job on the built-in data sets")
+    p.add_argument("--rows", type=int, default=200_000, help="fashion-clicks rows (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and sampling")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"ranker: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

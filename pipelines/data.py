@@ -1,0 +1,37 @@
+"""Built-in data sets: build the raw parquet and its schema YAML into a data directory (a resumable step)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from features.datasets import fashion_clicks, movielens
+from pipelines import steps
+
+DATASETS = ("movielens-100k", "fashion-clicks")
+_SCHEMAS = Path(fashion_clicks.__file__).parent
+
+
+def build_dataset(
+    name: str, out_dir: Path, rows: int = 200_000, seed: int = 0, force: bool = False, progress: bool = False
+) -> dict[str, Any]:
+    """Builds data set ``name`` into ``out_dir``: ``train/valid/test.parquet``, ``schema.yaml``, ``manifest.json``.
+
+    ``rows`` and ``seed`` apply to the simulated ``fashion-clicks``; MovieLens-100k is fixed real data.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; built-in data sets: {list(DATASETS)}")
+    out_dir = Path(out_dir)
+    config = {"name": name} if name == "movielens-100k" else {"name": name, "rows": rows, "seed": seed}
+    fp = steps.fingerprint(config)
+    if not force and steps.is_complete(out_dir, "data", fp):
+        return steps.read_manifest(out_dir) or {}
+    started = time.time()
+    if name == "movielens-100k":
+        results: dict[str, Any] = movielens.build_movielens(out_dir)
+    else:
+        results = fashion_clicks.build_fashion_clicks(out_dir, rows=rows, seed=seed, progress=progress)
+    shutil.copyfile(_SCHEMAS / f"{name}.yaml", out_dir / "schema.yaml")
+    return steps.write_manifest(out_dir, "data", fp, config, results, started)

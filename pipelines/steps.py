@@ -1,0 +1,56 @@
+"""Pipeline-step plumbing: output directories with a JSON manifest, and resuming finished steps.
+
+A step is a function from a typed config and input artifacts to an output directory. The directory's
+``manifest.json`` records the step name, its config, a fingerprint of its inputs, what it produced and its
+headline numbers. A step whose manifest matches the current fingerprint is complete and is skipped on re-runs
+(``force`` re-runs it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+
+
+def fingerprint(config: Any, paths: Iterable[Path] = ()) -> str:
+    """Hash of the config and of the input files' names, sizes and modification times."""
+    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for p in sorted(Path(x) for x in paths):
+        files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+        for f in files:
+            st = f.stat()
+            h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def read_manifest(out_dir: Path) -> dict[str, Any] | None:
+    path = Path(out_dir) / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def is_complete(out_dir: Path, step: str, fp: str) -> bool:
+    manifest = read_manifest(out_dir)
+    return bool(manifest and manifest.get("step") == step and manifest.get("fingerprint") == fp)
+
+
+def write_manifest(out_dir: Path, step: str, fp: str, config: Any, results: dict[str, Any], started: float) -> dict:
+    manifest = {
+        "step": step,
+        "fingerprint": fp,
+        "config": config,
+        "results": results,
+        "seconds": round(time.time() - started, 3),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "python": platform.python_version(),
+        "host": platform.node(),
+    }
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    return manifest
