@@ -92,8 +92,8 @@ ITEM_SCHEMA = pa.schema(
 class SimParams:
     """Knobs of the generative model (all recorded in the manifest). Effect tables are drawn from the seed."""
 
-    base_logit: float = -3.0
-    visual_weight: float = 1.0  # logit per within-class standard deviation of the visual score
+    base_logit: float = -3.2
+    visual_weight: float = 1.5  # logit per within-class standard deviation of the visual score
     popularity_weight: float = 0.4  # logit per exposure-weighted standard deviation of log popularity
     zipf_exponent: float = 1.0  # popularity weight of the item with rank k (0-based) is (k + 1) ** -exponent
     class_effect_sd: float = 0.3
@@ -169,8 +169,8 @@ def standardise_within_class(values: np.ndarray, classes: np.ndarray) -> np.ndar
     return out
 
 
-def _visual_stats_chunked(images: np.ndarray, chunk: int = 8_192) -> np.ndarray:
-    # The float copy of the whole catalogue would be 220 MB at 70k items; chunks keep it to a few MB.
+def _visual_stats_chunked(images: np.ndarray, chunk: int = 1_024) -> np.ndarray:
+    # The float copy of the whole catalogue would be 220 MB at 70k items; chunks keep it near 3 MB.
     return np.concatenate([visual_stats(images[i : i + chunk]) for i in range(0, len(images), chunk)])
 
 
@@ -513,6 +513,8 @@ def build_fashion_clicks(
     block_requests = max(1, BLOCK_ROWS // slate_size)
     writers = {split: _ChunkWriter(out_dir / f"{split}.parquet", chunk_rows) for split in SPLITS}
     n_blocks = math.ceil(n_requests / block_requests)
+    # Items shown before / during the test period, to count warm tail items that by chance are unseen until test.
+    shown = {"before_test": np.zeros(n_items, dtype=bool), "test": np.zeros(n_items, dtype=bool)}
     for block in tqdm(range(n_blocks), desc=NAME, unit="block", disable=not progress):
         r0 = block * block_requests
         r1 = min(r0 + block_requests, n_requests)
@@ -530,7 +532,9 @@ def build_fashion_clicks(
         for k, split in enumerate(SPLITS):
             lo, hi = max(int(bounds[k]), r0), min(int(bounds[k + 1]), r1)
             if lo < hi:
-                writers[split].add(table.slice((lo - r0) * slate_size, (hi - lo) * slate_size))
+                rows_of_split = table.slice((lo - r0) * slate_size, (hi - lo) * slate_size)
+                writers[split].add(rows_of_split)
+                shown["test" if split == "test" else "before_test"][rows_of_split["item_id"].to_numpy()] = True
     for writer in writers.values():
         writer.close()
 
@@ -543,6 +547,8 @@ def build_fashion_clicks(
         "n_users": n_users,
         "n_items": n_items,
         "n_cold_items": int(world.is_cold.sum()),
+        "n_test_items": int(shown["test"].sum()),
+        "n_warm_items_unseen_before_test": int((shown["test"] & ~shown["before_test"] & ~world.is_cold).sum()),
         "n_days": n_days,
         "ctr": {split: writers[split].clicks / max(writers[split].rows, 1) for split in SPLITS},
         "bayes_auc": _bayes_auc(out_dir / "test.parquet"),
