@@ -1,0 +1,1 @@
+"""Pipeline steps: typed config + input artifacts -> output artifact."""
