@@ -6,6 +6,7 @@ has the same ``B x K x out_dim`` contract and the per-task heads sit on top.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Literal
 
@@ -76,15 +77,28 @@ class DCNv2(nn.Module):
         width = num_tokens * dim
         self.num_tasks = num_tasks
         self.parallel = structure == "parallel"
-        cross = (
-            CrossNet(width, num_cross_layers)
-            if low_rank is None
-            else LowRankCrossNet(width, num_cross_layers, low_rank)
-        )
-        # torchrec's cross nets take no device/dtype arguments.
-        self.cross: nn.Module = cross.to(device=device, dtype=dtype)
+        # Registered before the cross net so that eager construction and meta materialisation (which resets
+        # children in registration order, then this module) draw the same random numbers.
         self.deep, deep_out = _mlp(width, hidden, device, dtype)
         self.out_dim = width + deep_out if self.parallel else deep_out
+        # torchrec's cross nets take no device/dtype arguments; the default-device context keeps a meta build
+        # from allocating the (N·D)² kernels on the CPU first.
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            cross = (
+                CrossNet(width, num_cross_layers)
+                if low_rank is None
+                else LowRankCrossNet(width, num_cross_layers, low_rank)
+            )
+        self.cross: nn.Module = cross.to(dtype=dtype)
+
+    def reset_parameters(self) -> None:
+        # torchrec's cross nets initialise only in their constructors (xavier-normal kernels, zero biases); redoing
+        # it here lets a model built on the meta device be materialised with to_empty() + reset_parameters().
+        for name, param in self.cross.named_parameters():
+            if name.startswith("bias"):
+                nn.init.zeros_(param)
+            else:
+                nn.init.xavier_normal_(param)
 
     def forward(self, tokens: Tensor) -> Tensor:
         x0 = tokens.flatten(1)  # (B, N·D)

@@ -76,6 +76,21 @@ def test_every_parameter_gets_a_gradient(name: str) -> None:
         assert param.grad.abs().sum() > 0, f"zero gradient for {pname}"
 
 
+GRADIENT_VARIANTS = [
+    ("hiformer", {"query_mode": "composite", "norm": "post"}),
+    ("hiformer", {"rank_k": None, "rank_v": None, "value_dim": 4, "num_layers": 1}),
+    ("dcnv2", {"low_rank": None, "structure": "parallel"}),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), GRADIENT_VARIANTS, ids=["hiformer_composite_q", "hiformer_full", "dcnv2"])
+def test_every_parameter_gets_a_gradient_in_variants(name: str, kwargs: dict[str, Any]) -> None:
+    model = build(name, num_tasks=2, **kwargs)
+    model(tokens()).square().sum().backward()
+    for pname, param in model.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, f"no gradient for {pname}"
+
+
 @pytest.mark.parametrize("name", list_names())
 def test_deterministic_given_seed(name: str) -> None:
     x = tokens()
@@ -87,10 +102,29 @@ def test_deterministic_given_seed(name: str) -> None:
     assert not torch.allclose(outs[0], outs[2]), "the seed does not reach the initialisation"
 
 
+def materialise_(model: nn.Module) -> nn.Module:
+    """What torchrec's DistributedModelParallel does with meta parameters: to_empty, then every reset_parameters."""
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        model.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
+    return model
+
+
 @pytest.mark.parametrize("name", list_names())
-def test_builds_on_meta_device(name: str) -> None:
+def test_meta_build_materialises_like_eager_build(name: str) -> None:
+    torch.manual_seed(3)
     model = build(name, device="meta")
     assert all(p.device.type == "meta" for p in model.parameters())
+    torch.manual_seed(3)
+    eager = build(name)
+    torch.manual_seed(3)
+    materialise_(model)
+    for (pname, param), reference in zip(model.named_parameters(), eager.parameters(), strict=True):
+        if name == "dcnv2" and pname.startswith("cross."):
+            # torchrec draws its cross weights before the MLP's, reset_parameters after: same law, other draws.
+            assert abs(param.std() / reference.std() - 1) < 0.1 if param.dim() > 1 else not param.any(), pname
+        else:
+            assert torch.equal(param, reference), pname
 
 
 def test_attention_tasks_get_distinct_representations() -> None:
