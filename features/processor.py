@@ -249,24 +249,26 @@ def fit(schema: Schema, out_dir: Path) -> FeatureMap:
 
 def _sparse_expr(state: SparseState, out_dir: Path, lf: pl.LazyFrame, seed: int) -> pl.Expr:
     col = pl.col(state.column)
+    target = pl.element() if state.kind == "multi" else col
     if state.encoding == "identity":
-        mapped_scalar = (pl.element() if state.kind == "multi" else col).cast(pl.Int64) + FIRST_ID
+        mapped = target.cast(pl.Int64) + FIRST_ID
     else:
         if state.encoding == "vocab":
-            vocab = pl.read_parquet(out_dir / state.vocab_file) if state.vocab_file else None
-            assert vocab is not None, f"vocab feature {state.name} has no vocab file"
+            assert state.vocab_file is not None, f"vocab feature {state.name} has no vocab file"
+            vocab = pl.read_parquet(out_dir / state.vocab_file)
             old, new = vocab["value"], vocab["id"]
         else:
             sf = SparseFeature(state.name, state.column, state.kind, "hash", buckets=state.buckets)  # type: ignore[arg-type]
             uniques = lf.select(_ids_values(sf).unique().alias("value")).collect()["value"]
             old, new = uniques, hash_ids(uniques, state.buckets, seed)
-        target = pl.element() if state.kind == "multi" else col
-        mapped_scalar = target.replace_strict(old=old, new=new, default=OOV_ID, return_dtype=pl.Int64)
+        mapped = target.replace_strict(old=old, new=new, default=OOV_ID, return_dtype=pl.Int64)
+    # replace_strict sends nulls to the default, so nulls are routed to the missing id first.
+    mapped = pl.when(target.is_null()).then(pl.lit(MISSING_ID, dtype=pl.Int64)).otherwise(mapped)
     if state.kind == "single":
-        return mapped_scalar.fill_null(MISSING_ID).alias(state.name)
-    mapped = col.list.eval(mapped_scalar.fill_null(MISSING_ID))
+        return mapped.alias(state.name)
     empty = col.is_null() | (col.list.len() == 0)
-    return pl.when(empty).then(pl.lit([MISSING_ID], dtype=pl.List(pl.Int64))).otherwise(mapped).alias(state.name)
+    listed = col.list.eval(mapped)
+    return pl.when(empty).then(pl.lit([MISSING_ID], dtype=pl.List(pl.Int64))).otherwise(listed).alias(state.name)
 
 
 def _output_exprs(fmap: FeatureMap, out_dir: Path, lf: pl.LazyFrame, items: pl.DataFrame | None) -> list[pl.Expr]:

