@@ -19,7 +19,7 @@ Families: EfficientMod (``efficientmod.py``), ConvFormer/CAFormer (``metaformer.
 EET pruned ViT (``eet.py``).
 """
 
-from . import convit, efficientmod, metaformer  # noqa: F401  (importing registers the towers)
+from . import convit, eet, efficientmod, metaformer  # noqa: F401  (importing registers the towers)
 from ._registry import create_tower, list_towers, register_tower
 from .images import prepare_images
 

@@ -21,7 +21,7 @@ def test_registry_lists_every_family() -> None:
     names = vt.list_towers()
     assert set(vt.list_towers(published=True)) | set(SMALL) == set(names)
     assert not set(vt.list_towers(published=True)) & set(SMALL)
-    for family in ("efficientmod_", "convformer_", "caformer_", "convit_"):
+    for family in ("efficientmod_", "convformer_", "caformer_", "convit_", "eet_vit_", "vit_"):
         assert any(n.startswith(family) for n in SMALL), family
 
 
