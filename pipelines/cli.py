@@ -109,6 +109,31 @@ def _cmd_features_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def torchrun_command(config: Path, nproc: int, extra: list[str], launch: argparse.Namespace | None = None) -> list[str]:
+    """The torchrun command line for ``pipelines.train`` (standalone, or multi-node with a rendezvous endpoint)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
+    if launch is not None and launch.nnodes > 1:
+        if not launch.rdzv_endpoint:
+            raise ValueError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (the same on every node)")
+        cmd += [f"--nnodes={launch.nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={launch.rdzv_endpoint}",
+                f"--rdzv-id={launch.rdzv_id}"]  # fmt: skip
+    else:
+        # A free port per job, so that several local jobs (or tests) never collide on the default one.
+        cmd += ["--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0", "--nnodes=1"]
+    return cmd + ["-m", "pipelines.train", "--config", str(config), *extra]
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import subprocess
+
+    extra = [f"--set={item}" for item in args.set] + (["--resume"] if args.resume else [])
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc))),
+    }
+    return subprocess.call(torchrun_command(args.config, args.nproc, extra, args), env=env)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.build_features import build_features
     from pipelines.data import build_dataset
@@ -171,6 +196,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = feats.add_parser("show", help="summarise a fitted feature map")
     p.add_argument("features", type=Path, help="features folder holding feature_map.json")
     p.set_defaults(func=_cmd_features_show)
+
+    p = sub.add_parser(
+        "train",
+        help="train a ranker with torchrun (DistributedModelParallel)",
+        description="Launches `torchrun ... -m pipelines.train` with --nproc processes per node.",
+    )
+    p.add_argument("--config", type=Path, required=True, help="training config YAML (see configs/train/)")
+    p.add_argument("--nproc", type=int, default=1, help="processes (ranks) on this node (default %(default)s)")
+    p.add_argument("--nnodes", type=int, default=1, help="nodes taking part (multi-node needs --rdzv-endpoint)")
+    p.add_argument("--rdzv-endpoint", default="", help="HOST:PORT of the rendezvous, the same on every node")
+    p.add_argument("--rdzv-id", default="ranker", help="job id shared by the nodes of one run")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. epochs=1"
+    )
+    p.add_argument("--resume", action="store_true", help="continue from the run's last complete checkpoint")
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("demo", help="the default job on the built-in data sets")
     p.add_argument("--rows", type=int, default=200_000, help="fashion-clicks rows (default %(default)s)")

@@ -1,0 +1,372 @@
+"""The training step: processed features -> DistributedModelParallel training -> checkpoints -> exported model.
+
+Run under ``torchrun`` (``ranker train --config C --nproc N`` launches it); every rank runs :func:`train`.
+
+- Model: built with its tables on ``meta``, sharded by the planner (``ranker.sharding``); fused row-wise Adagrad
+  for the embeddings, Adam for the dense part, gradient clipping, warm-up + cosine learning-rate schedule, bf16
+  autocast on CUDA.
+- Validation every ``eval_every`` steps (and at each epoch end): scores gathered from all ranks, exact AUC /
+  logloss / NE on rank 0, broadcast so every rank takes the same early-stopping decision.
+- Checkpoints (``torch.distributed.checkpoint``) at each validation; ``--resume`` continues from the last one,
+  skipping the batches of the interrupted epoch already trained, so a resumed run ends where an uninterrupted
+  run with the same seed ends.
+- Export: the best checkpoint (by validation AUC of the first task) as an unsharded CPU state dict plus the
+  feature map and config (``ranker.export``), then test metrics of the exported model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+from features.images import load_images
+from features.loader import RankLoader
+from features.processor import FeatureMap, processed_files
+from features.strict_yaml import load_yaml, to_dict
+from pipelines import metrics as M
+from ranker import export
+from ranker.build import ModelConfig, build_ranker
+from ranker.model import RankerTrain
+from ranker.sharding import describe_plan, distribute
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+COMPLETE = "COMPLETE"
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    dense_lr: float = 1e-3
+    sparse_lr: float = 0.05  # fused row-wise Adagrad on the embedding tables
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max global norm of the dense gradients; 0 disables
+    warmup_steps: int = 50
+    schedule: Literal["cosine", "constant"] = "cosine"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run. Paths are relative to the working directory."""
+
+    features: str
+    out_dir: str
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    batch_size: int = 512
+    eval_batch_size: int = 4096
+    epochs: int = 2
+    max_steps: int = 0  # 0: no cap beyond epochs
+    eval_every: int = 0  # steps between validations/checkpoints; 0: once per epoch
+    patience: int = 3  # validations without improvement before early stopping
+    seed: int = 0
+    sharding_types: tuple[str, ...] = ()  # restrict the planner (e.g. [column_wise]); empty: planner's choice
+    log_every: int = 50
+    prefetch: int = 4
+    tracking: bool = True  # log to MLflow (rank 0)
+    experiment: str = "hiformer-ranker"
+
+
+@dataclass
+class TrainerState:
+    step: int = 0
+    epoch: int = 0
+    best_auc: float = -1.0
+    best_step: int = -1
+    bad_evals: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    return load_yaml(TrainConfig, path, overrides)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _gather_predictions(model: torch.nn.Module, loader: RankLoader, device: torch.device) -> dict[str, np.ndarray]:
+    """This rank's probabilities, labels and weights on ``loader`` (padding rows included, weight 0)."""
+    probs, labels, weights = [], [], []
+    model.eval()
+    with torch.no_grad():
+        for batch in loader:
+            _, (_, logits, batch_labels) = model(batch.to(device))
+            probs.append(torch.sigmoid(logits.float()).cpu())
+            labels.append(batch_labels.cpu())
+            weights.append(batch.weights)
+    model.train()
+    return {"p": torch.cat(probs).numpy(), "y": torch.cat(labels).numpy(), "w": torch.cat(weights).numpy()}
+
+
+def task_metrics(p: np.ndarray, y: np.ndarray, w: np.ndarray, tasks: tuple[str, ...]) -> dict[str, float | None]:
+    """AUC / logloss / NE per task over rows with positive weight (``p``, ``y``: rows x K)."""
+    keep = w > 0
+    out: dict[str, float | None] = {}
+    for k, task in enumerate(tasks):
+        pk, yk = p[keep, k].astype(np.float64), y[keep, k]
+        out[f"{task}/auc"] = M.auc(pk, yk)
+        out[f"{task}/logloss"] = M.log_loss(pk, yk)
+        out[f"{task}/ne"] = M.normalized_entropy(pk, yk)
+    return out
+
+
+def validate(model: torch.nn.Module, loader: RankLoader, device: torch.device, tasks: tuple[str, ...]) -> dict:
+    """Exact metrics over every rank's share: predictions gathered to rank 0, results broadcast to all."""
+    local = _gather_predictions(model, loader, device)
+    gathered: list[dict[str, np.ndarray] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, local)
+    result: list[dict | None] = [None]
+    if dist.get_rank() == 0:
+        cat = {k: np.concatenate([g[k] for g in gathered if g is not None]) for k in ("p", "y", "w")}
+        result[0] = task_metrics(cat["p"], cat["y"], cat["w"], tasks)
+    dist.broadcast_object_list(result, src=0)
+    assert result[0] is not None
+    return result[0]
+
+
+def _checkpoint_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.glob("step-*") if (p / COMPLETE).exists())
+
+
+def save_checkpoint(root: Path, model: torch.nn.Module, optimizer: CombinedOptimizer, state: TrainerState) -> Path:
+    path = root / f"step-{state.step:08d}"
+    dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=str(path))
+    if dist.get_rank() == 0:
+        (path / STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
+        (path / COMPLETE).touch()  # written last: a checkpoint without it was interrupted mid-save
+    dist.barrier()
+    return path
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: CombinedOptimizer) -> TrainerState:
+    optimizer.init_state()  # creates the dense optimizer's state tensors so that DCP can load into them
+    state_dict = {"model": model.state_dict(), "optim": optimizer.state_dict()}
+    dcp.load(state_dict, checkpoint_id=str(path))
+    model.load_state_dict(state_dict["model"])
+    optimizer.load_state_dict(state_dict["optim"])
+    return TrainerState(**json.loads((path / STATE_FILE).read_text()))
+
+
+class _Tracker:
+    """MLflow logging from rank 0 only (``pipelines.tracking`` owns the mlflow import)."""
+
+    def __init__(self, cfg: TrainConfig, enabled: bool) -> None:
+        self.run = None
+        if enabled and cfg.tracking:
+            from pipelines import tracking
+
+            self.run = tracking.start_run(cfg.experiment, Path(cfg.out_dir), run_name=Path(cfg.out_dir).name)
+            tracking.log_params(to_dict(cfg))
+
+    def metrics(self, values: dict[str, float | None], step: int) -> None:
+        if self.run is not None:
+            from pipelines import tracking
+
+            tracking.log_metrics(values, step)
+
+    def finish(self, artifacts: list[Path]) -> None:
+        if self.run is not None:
+            from pipelines import tracking
+
+            for path in artifacts:
+                tracking.log_artifact(path)
+            tracking.end_run()
+
+
+def train(cfg: TrainConfig, resume: bool = False, stop_at_step: int = 0) -> dict[str, Any]:
+    """Trains on every rank of the initialised default process group; returns the run's results on all ranks.
+
+    ``stop_at_step`` (> 0) ends the run right after the checkpoint at that step, as an interruption would.
+    """
+    rank, world = dist.get_rank(), dist.get_world_size()
+    cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
+    out_dir, features = Path(cfg.out_dir), Path(cfg.features)
+    ckpt_root = out_dir / CHECKPOINTS
+    seed_everything(cfg.seed)
+    fmap = FeatureMap.load(features)
+    images = np.asarray(load_images(features)) if cfg.model.vision else None
+    model = RankerTrain(build_ranker(fmap, cfg.model, images, sparse_device=torch.device("meta")))
+    dmp = distribute(model, device, cfg.optim.sparse_lr, cfg.sharding_types, cfg.batch_size)
+    dense = KeyedOptimizerWrapper(
+        dict(in_backward_optimizer_filter(dmp.named_parameters())),
+        lambda params: torch.optim.Adam(params, lr=cfg.optim.dense_lr, weight_decay=cfg.optim.weight_decay),
+    )
+    optimizer = CombinedOptimizer([dmp.fused_optimizer, dense])
+    train_loader = RankLoader(
+        processed_files(features, "train"), fmap, cfg.batch_size, rank, world, True, cfg.seed, "train", cfg.prefetch
+    )
+    valid_loader = RankLoader(
+        processed_files(features, "valid"), fmap, cfg.eval_batch_size, rank, world, mode="eval", prefetch=cfg.prefetch
+    )
+    steps_per_epoch = len(train_loader)
+    total_steps = cfg.epochs * steps_per_epoch
+    total_steps = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
+    eval_every = cfg.eval_every or steps_per_epoch
+
+    state = TrainerState()
+    if resume:
+        done = _checkpoint_dirs(ckpt_root)
+        if not done:
+            raise FileNotFoundError(f"{ckpt_root}: no complete checkpoint to resume from")
+        state = load_checkpoint(done[-1], dmp, optimizer)
+    tracker = _Tracker(cfg, enabled=rank == 0)
+    if rank == 0:
+        print(f"[train] {world} rank(s) on {device}; plan {describe_plan(dmp)}", flush=True)
+        print(f"[train] {steps_per_epoch} steps/epoch, {total_steps} steps; resume from step {state.step}", flush=True)
+
+    dense_params = [p for _, p in in_backward_optimizer_filter(dmp.named_parameters()) if p.requires_grad]
+    stopped_early, started, loss_sum, loss_n = False, time.time(), 0.0, 0
+    while state.step < total_steps and not stopped_early:
+        epoch = state.step // steps_per_epoch
+        train_loader.set_epoch(epoch)
+        skip = state.step - epoch * steps_per_epoch
+        for i, batch in enumerate(train_loader):
+            if i < skip:
+                continue  # trained before the interruption: same data order, so skip rather than retrain
+            for group in dense.param_groups:
+                group["lr"] = cfg.optim.dense_lr * _lr_factor(
+                    state.step, total_steps, cfg.optim.warmup_steps, cfg.optim.schedule
+                )
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                loss, _ = dmp(batch.to(device))
+            optimizer.zero_grad()
+            loss.backward()
+            if cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(dense_params, cfg.optim.grad_clip)
+            optimizer.step()
+            state.step += 1
+            loss_sum, loss_n = loss_sum + float(loss.detach()), loss_n + 1
+            if state.step % cfg.log_every == 0:
+                mean_loss = torch.tensor([loss_sum / loss_n])
+                dist.all_reduce(mean_loss)
+                tracker.metrics({"train/loss": float(mean_loss) / world}, state.step)
+                loss_sum, loss_n = 0.0, 0
+            end_of_epoch = i == steps_per_epoch - 1
+            if state.step % eval_every == 0 or end_of_epoch or state.step == total_steps:
+                valid = validate(dmp, valid_loader, device, fmap.labels)
+                first_auc = valid[f"{fmap.labels[0]}/auc"] or 0.0
+                if first_auc > state.best_auc:
+                    state.best_auc, state.best_step, state.bad_evals = first_auc, state.step, 0
+                else:
+                    state.bad_evals += 1
+                state.epoch = epoch
+                record = {"step": state.step, "epoch": epoch, **{f"valid/{k}": v for k, v in valid.items()}}
+                state.history.append(record)
+                tracker.metrics(record, state.step)
+                save_checkpoint(ckpt_root, dmp, optimizer, state)
+                if rank == 0:
+                    print(f"[train] step {state.step}: " + json.dumps(record), flush=True)
+                if stop_at_step and state.step >= stop_at_step:
+                    return {"interrupted_at": state.step}
+                if state.bad_evals >= cfg.patience:
+                    stopped_early = True
+            if stopped_early or state.step >= total_steps:
+                break
+
+    seconds = time.time() - started
+    best = ckpt_root / f"step-{state.best_step:08d}"
+    results: dict[str, Any] = {
+        "steps": state.step,
+        "best_step": state.best_step,
+        "best_valid_auc": state.best_auc,
+        "stopped_early": stopped_early,
+        "train_seconds": round(seconds, 2),
+        "rows_skipped_per_epoch": train_loader.rows_skipped,
+        "sharding_plan": describe_plan(dmp),
+        "world_size": world,
+        "history": state.history,
+    }
+    if rank == 0:
+        export_dir = export.export_checkpoint(best, fmap, features, cfg.model, to_dict(cfg), out_dir / "export")
+        model_cpu = export.load_exported(export_dir)
+        test_loader = RankLoader(processed_files(features, "test"), fmap, cfg.eval_batch_size, mode="eval")
+        scored = _score_unsharded(model_cpu, test_loader)
+        results["test"] = task_metrics(scored["p"], scored["y"], scored["w"], fmap.labels)
+        results["export_dir"] = str(export_dir)
+        (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        tracker.metrics({f"test/{k}": v for k, v in results["test"].items()}, state.step)
+        tracker.finish([out_dir / "results.json", export_dir])
+        print(f"[train] test metrics of the exported model: {json.dumps(results['test'])}", flush=True)
+    shared: list[dict | None] = [results]
+    dist.broadcast_object_list(shared, src=0)
+    assert shared[0] is not None
+    return shared[0]
+
+
+def _score_unsharded(model: torch.nn.Module, loader: RankLoader) -> dict[str, np.ndarray]:
+    probs, labels, weights = [], [], []
+    with torch.no_grad():
+        for batch in loader:
+            probs.append(torch.sigmoid(model(batch)))
+            labels.append(batch.labels)
+            weights.append(batch.weights)
+    return {"p": torch.cat(probs).numpy(), "y": torch.cat(labels).numpy(), "w": torch.cat(weights).numpy()}
+
+
+def init_distributed() -> None:
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend, timeout=timedelta(seconds=int(os.environ.get("RANKER_DIST_TIMEOUT", 600))))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of one rank under torchrun."""
+    parser = argparse.ArgumentParser(description="one training rank (launch with `ranker train`)")
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--stop-at-step", type=int, default=0)
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, parse_overrides(args.set))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    init_distributed()
+    try:
+        train(cfg, resume=args.resume, stop_at_step=args.stop_at_step)
+    finally:
+        dist.destroy_process_group()
+    return 0
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``key.sub=value`` strings (values parsed as YAML scalars) -> a dotted-key mapping."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""Model configs (typed, frozen, from YAML) and the builder that turns one into a :class:`Ranker`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from features.processor import FeatureMap
+from ranker import interactions
+from ranker.model import DenseArch, Ranker, SparseArch, TaskHeads, VisionArch
+from vision_towers import create_tower
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """Which image tower feeds the ranker, and how."""
+
+    tower: str
+    tokens: int = 1  # image tokens per row
+    frozen: bool = False  # fixed tower weights (e.g. after pretraining) vs fine-tuned with the ranker
+    pretrained: str | None = None  # a state dict saved by vision_towers.pretrain
+    overrides: dict[str, Any] = field(default_factory=dict)  # tower constructor overrides
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The ranker's architecture. ``interaction`` is a name from ``ranker.interactions.list_names()``."""
+
+    interaction: str = "hiformer"
+    embedding_dim: int = 16
+    dense_tokens: int = 1
+    head_hidden: int = 64
+    interaction_kwargs: dict[str, Any] = field(default_factory=dict)
+    vision: VisionConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.interaction not in interactions.list_names():
+            raise ValueError(f"unknown interaction {self.interaction!r}; choose from {interactions.list_names()}")
+
+
+def num_tokens(fmap: FeatureMap, cfg: ModelConfig) -> int:
+    """T: dense tokens + one per sparse feature + image tokens."""
+    dense = cfg.dense_tokens if fmap.dense else 0
+    image = cfg.vision.tokens if cfg.vision else 0
+    return dense + len(fmap.sparse) + image
+
+
+def build_ranker(
+    fmap: FeatureMap,
+    cfg: ModelConfig,
+    images: np.ndarray | None = None,
+    sparse_device: torch.device | None = None,
+) -> Ranker:
+    """Builds the model for a fitted feature map.
+
+    Args:
+        fmap: the feature map (tables, dense features, tasks, base rates).
+        cfg: the architecture.
+        images: ``n x C x H x W`` uint8 item photos, required when ``cfg.vision`` is set.
+        sparse_device: device for the embedding tables; ``torch.device("meta")`` leaves them to be materialised
+            by ``DistributedModelParallel`` (so a table never has to fit on one rank).
+    """
+    sparse = SparseArch(
+        [(s.name, s.num_embeddings, s.kind == "multi") for s in fmap.sparse], cfg.embedding_dim, device=sparse_device
+    )
+    dense = DenseArch(len(fmap.dense), cfg.dense_tokens, cfg.embedding_dim) if fmap.dense else None
+    vision = None
+    if cfg.vision is not None:
+        if images is None:
+            raise ValueError("the model config has a vision tower but the data set has no images")
+        tower = create_tower(cfg.vision.tower, num_classes=0, **cfg.vision.overrides)
+        if cfg.vision.pretrained:
+            state = torch.load(Path(cfg.vision.pretrained), map_location="cpu", weights_only=True)
+            # The classifier of a pretraining run is not part of the tower used here.
+            state = {k: v for k, v in state.items() if k in tower.state_dict()}
+            tower.load_state_dict(state, strict=True)
+        vision = VisionArch(tower, torch.from_numpy(np.ascontiguousarray(images)), cfg.vision.tokens,
+                            cfg.embedding_dim, cfg.vision.frozen)  # fmt: skip
+    interaction = interactions.create(
+        cfg.interaction,
+        num_tokens=num_tokens(fmap, cfg),
+        dim=cfg.embedding_dim,
+        num_tasks=len(fmap.labels),
+        **cfg.interaction_kwargs,
+    )
+    heads = TaskHeads(int(interaction.out_dim), cfg.head_hidden, [fmap.positive_rate[t] for t in fmap.labels])
+    return Ranker(sparse, dense, vision, interaction, heads)

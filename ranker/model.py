@@ -1,0 +1,214 @@
+"""The ranker's parts and their composition (shape vocabulary in :mod:`ranker`)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from features.batch import RankBatch
+from vision_towers import prepare_images
+
+
+class SparseArch(nn.Module):
+    """Pooled embeddings of the sparse features, one table per feature.
+
+    Row 0 of every table is the learned "missing" embedding and row 1 the out-of-vocabulary one (the feature
+    pipeline's id layout), so a missing feature is a learned token, not a zero vector.
+
+    Args:
+        features: ``(name, num_embeddings, multi)`` per sparse feature, in token order.
+        dim: embedding dimension D.
+        device: where to build the tables (``meta`` when DistributedModelParallel materialises them).
+
+    Example::
+
+        arch = SparseArch([("user", 10, False), ("tags", 6, True)], dim=4)
+        kjt = KeyedJaggedTensor.from_lengths_sync(["user", "tags"], torch.tensor([3, 5, 2, 0, 4]),
+                                                  torch.tensor([1, 1, 2, 1], dtype=torch.int32))
+        arch(kjt).shape  # (2, 2, 4)
+    """
+
+    def __init__(self, features: list[tuple[str, int, bool]], dim: int, device: torch.device | None = None) -> None:
+        super().__init__()
+        self.feature_names = [name for name, _, _ in features]
+        self.dim = dim
+        tables = [
+            EmbeddingBagConfig(
+                name=f"t_{name}",
+                embedding_dim=dim,
+                num_embeddings=num,
+                feature_names=[name],
+                pooling=PoolingType.MEAN if multi else PoolingType.SUM,
+            )
+            for name, num, multi in features
+        ]
+        self.ebc = EmbeddingBagCollection(tables=tables, device=device)
+
+    def forward(self, sparse: KeyedJaggedTensor) -> torch.Tensor:
+        """Returns ``B x F x D``."""
+        pooled = self.ebc(sparse)  # KeyedTensor, keys in table order
+        values = torch.cat([pooled[name] for name in self.feature_names], dim=1)  # (B, F * D)
+        return values.view(values.shape[0], len(self.feature_names), self.dim)  # (B, F, D)
+
+
+class DenseArch(nn.Module):
+    """Dense features to ``num_tokens`` tokens through one projection (Hiformer's dense tokens).
+
+    Args:
+        num_dense: Fd.
+        num_tokens: tokens produced.
+        dim: D.
+
+    Example::
+
+        DenseArch(3, 2, 8)(torch.randn(5, 3)).shape  # (5, 2, 8)
+    """
+
+    def __init__(self, num_dense: int, num_tokens: int, dim: int) -> None:
+        super().__init__()
+        self.num_tokens, self.dim = num_tokens, dim
+        self.proj = nn.Linear(num_dense, num_tokens * dim)
+
+    def forward(self, dense: torch.Tensor) -> torch.Tensor:
+        """``B x Fd`` -> ``B x num_tokens x D``."""
+        return self.proj(dense).view(dense.shape[0], self.num_tokens, self.dim)  # (B, n, D)
+
+
+class VisionArch(nn.Module):
+    """Item images to ``N`` tokens per row, running the tower once per **unique** image in the batch.
+
+    Args:
+        tower: a registered vision tower (``forward: B x C x H x W -> B x De``).
+        images: ``n_images x C x H x W`` uint8 item photos (kept as a non-persistent buffer: data, not weights).
+        num_tokens: N, image tokens per row (a projection of the tower's embedding).
+        dim: D.
+        frozen: keep the tower's weights fixed (run in eval mode without gradients).
+
+    Example::
+
+        arch = VisionArch(create_tower("convformer_fm"), torch.zeros(4, 1, 28, 28, dtype=torch.uint8), 2, 8)
+        arch(torch.tensor([0, 3, 3, -1])).shape  # (4, 2, 8); -1 = no image -> learned token
+    """
+
+    def __init__(self, tower: nn.Module, images: torch.Tensor, num_tokens: int, dim: int, frozen: bool) -> None:
+        super().__init__()
+        self.tower, self.frozen = tower, frozen
+        self.num_tokens, self.dim = num_tokens, dim
+        self.register_buffer("images", images, persistent=False)
+        self.proj = nn.Linear(int(tower.embed_dim), num_tokens * dim)
+        self.no_image = nn.Parameter(torch.randn(num_tokens, dim) * 0.02)
+        if frozen:
+            self.tower.requires_grad_(False)
+
+    def embed_images(self, image_index: torch.Tensor) -> torch.Tensor:
+        """Tower embeddings ``len(image_index) x De`` for distinct, valid image rows."""
+        pixels = prepare_images(self.images[image_index], int(self.tower.in_chans), int(self.tower.img_size))
+        if self.frozen:
+            self.tower.eval()
+            with torch.no_grad():
+                return self.tower(pixels)
+        return self.tower(pixels)
+
+    def forward(self, image_index: torch.Tensor) -> torch.Tensor:
+        """``B`` image rows (-1: none) -> ``B x N x D``."""
+        valid = image_index >= 0
+        unique, inverse = torch.unique(image_index.clamp(min=0), return_inverse=True)
+        tokens = self.proj(self.embed_images(unique))  # (U, N * D): cost scales with distinct items
+        tokens = tokens[inverse].view(-1, self.num_tokens, self.dim)  # (B, N, D)
+        return torch.where(valid[:, None, None], tokens, self.no_image.expand_as(tokens))
+
+
+class TaskHeads(nn.Module):
+    """One MLP per task on that task's interaction output; biases start at the logit of the base rate.
+
+    Args:
+        in_dim: the interaction's ``out_dim``.
+        hidden: hidden width of each head.
+        base_rates: positive rate per task on the training split (K values).
+
+    Example::
+
+        TaskHeads(16, 32, [0.1, 0.5])(torch.randn(4, 2, 16)).shape  # (4, 2)
+    """
+
+    def __init__(self, in_dim: int, hidden: int, base_rates: list[float]) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(
+            nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1)) for _ in base_rates
+        )
+        with torch.no_grad():
+            for head, rate in zip(self.heads, base_rates, strict=True):
+                rate = min(max(rate, 1e-4), 1 - 1e-4)
+                head[-1].bias.fill_(math.log(rate / (1 - rate)))  # type: ignore[index]
+
+    def forward(self, task_states: torch.Tensor) -> torch.Tensor:
+        """``B x K x out_dim`` -> ``B x K`` logits."""
+        return torch.cat([head(task_states[:, k]) for k, head in enumerate(self.heads)], dim=1)
+
+
+class Ranker(nn.Module):
+    """Tokens from dense, sparse and image inputs -> interaction -> per-task logits.
+
+    Token order (fixed, since Hiformer's token-specific weights are not permutation-equivariant): dense tokens,
+    then one token per sparse feature in feature-map order, then image tokens.
+
+    Args:
+        sparse_arch: KJT -> ``B x F x D``.
+        dense_arch: ``B x Fd`` -> ``B x n x D``, or None when the data has no dense features.
+        vision_arch: image rows -> ``B x N x D``, or None.
+        interaction: ``B x T x D`` -> ``B x K x out_dim`` (``ranker.interactions.create``).
+        heads: ``B x K x out_dim`` -> ``B x K``.
+    """
+
+    def __init__(
+        self,
+        sparse_arch: SparseArch,
+        dense_arch: DenseArch | None,
+        vision_arch: VisionArch | None,
+        interaction: nn.Module,
+        heads: TaskHeads,
+    ) -> None:
+        super().__init__()
+        self.sparse_arch, self.dense_arch, self.vision_arch = sparse_arch, dense_arch, vision_arch
+        self.interaction, self.heads = interaction, heads
+
+    def tokens(self, batch: RankBatch) -> torch.Tensor:
+        """``B x T x D`` interaction input."""
+        parts = []
+        if self.dense_arch is not None:
+            parts.append(self.dense_arch(batch.dense))
+        parts.append(self.sparse_arch(batch.sparse))
+        if self.vision_arch is not None:
+            parts.append(self.vision_arch(batch.image_index))
+        return torch.cat(parts, dim=1)  # (B, T, D)
+
+    def forward(self, batch: RankBatch) -> torch.Tensor:
+        """Returns ``B x K`` logits."""
+        return self.heads(self.interaction(self.tokens(batch)))
+
+
+class RankerTrain(nn.Module):
+    """Adds the weighted binary cross-entropy (padding rows have weight 0), TorchRec-style outputs.
+
+    Args:
+        model: the :class:`Ranker`.
+
+    Example::
+
+        loss, (loss_d, logits, labels) = RankerTrain(model)(batch)
+    """
+
+    def __init__(self, model: Ranker) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: RankBatch) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        logits = self.model(batch)
+        per_row = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels, reduction="none").sum(dim=1)
+        loss = (per_row * batch.weights).sum() / batch.weights.sum().clamp(min=1.0)
+        return loss, (loss.detach(), logits.detach(), batch.labels.detach())
