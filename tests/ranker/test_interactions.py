@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -270,6 +272,16 @@ LAYER_VARIANTS = [
 ]
 
 
+def load_unpruned_(pruned: nn.Module, full: nn.Module) -> None:
+    """Loads an unpruned model's weights into the pruned twin, keeping the last layer's task-token rows."""
+    state = pruned.state_dict()
+    for key, value in full.state_dict().items():
+        # Per-token weights (token dim first) and composite query rows (token-major output dim first): the pruned
+        # layer keeps the trailing K tokens' slice.
+        state[key] = value if value.shape == state[key].shape else value[value.shape[0] - state[key].shape[0] :]
+    pruned.load_state_dict(state)
+
+
 @pytest.mark.parametrize(
     ("name", "kwargs"),
     LAYER_VARIANTS,
@@ -279,14 +291,59 @@ def test_pruned_last_layer_equals_full_layer_at_task_rows(name: str, kwargs: dic
     """(d) Pruning the last layer to the K task rows is exact, for every projection kind and both norms."""
     full = perturb_vectors_(build(name, num_tasks=2, prune_last=False, dtype=F64, **kwargs))
     pruned = build(name, num_tasks=2, prune_last=True, dtype=F64, **kwargs)
-    state = pruned.state_dict()
-    for key, value in full.state_dict().items():
-        # Per-token weights (token dim first) and composite query rows (token-major output dim first): the pruned
-        # layer keeps the trailing K tokens' slice.
-        state[key] = value if value.shape == state[key].shape else value[value.shape[0] - state[key].shape[0] :]
-    pruned.load_state_dict(state)
+    load_unpruned_(pruned, full)
     x = tokens(dtype=F64)
     torch.testing.assert_close(pruned(x), full(x), rtol=0, atol=1e-9)
+
+
+@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    name=st.sampled_from(ATTENTION),
+    num_tokens=st.integers(1, 5),
+    num_tasks=st.integers(1, 3),
+    num_layers=st.integers(1, 2),
+    num_heads=st.integers(1, 3),
+    head_dim=st.integers(1, 4),
+    value_dim=st.integers(1, 4),
+    norm=st.sampled_from(["pre", "post"]),
+    rank=st.one_of(st.none(), st.integers(1, 6)),
+    composite_query=st.booleans(),
+)
+def test_pruning_is_exact_for_any_small_config(
+    name: str,
+    num_tokens: int,
+    num_tasks: int,
+    num_layers: int,
+    num_heads: int,
+    head_dim: int,
+    value_dim: int,
+    norm: str,
+    rank: int | None,
+    composite_query: bool,
+) -> None:
+    """Shapes and exact pruning hold for edge sizes too: one token, one head, d_k != d_v, width != H·d_k."""
+    kwargs: dict[str, Any] = {
+        "num_tokens": num_tokens,
+        "dim": 4,
+        "num_tasks": num_tasks,
+        "num_layers": num_layers,
+        "num_heads": num_heads,
+        "head_dim": head_dim,
+        "value_dim": value_dim,
+        "ffn_hidden": 3,
+        "norm": norm,
+        "dtype": F64,
+    }
+    if name == "hiformer":
+        kwargs |= {"rank_k": rank, "rank_v": rank, "query_mode": "composite" if composite_query else "hetero"}
+    torch.manual_seed(0)
+    full = perturb_vectors_(create(name, prune_last=False, **kwargs))
+    pruned = create(name, prune_last=True, **kwargs)
+    load_unpruned_(pruned, full)
+    x = torch.randn(3, num_tokens, 4, dtype=F64)
+    out = pruned(x)
+    assert out.shape == (3, num_tasks, 4)
+    torch.testing.assert_close(out, full(x), rtol=0, atol=1e-9)
 
 
 def naive_hiformer_layer(x: Tensor, layer: AttentionLayer) -> Tensor:
