@@ -133,29 +133,31 @@ class EETViT(nn.Module):
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         return x + self.pos_embed  # (B, 1 + G*G, D)
 
-    def forward_pruned(self, images: torch.Tensor, prune: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """images: B x C x H x W -> (final-LN tokens B x (1 + K) x D, original patch index of each kept token B x K).
+    def forward_pruned(
+        self, images: torch.Tensor, prune: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Runs the blocks, pruning at the configured points.
 
-        ``prune=False`` runs the same weights on all tokens (the unpruned baseline / teacher behaviour).
+        Args:
+            images: B x C x H x W.
+            prune: False runs the same weights on all tokens (the unpruned baseline / teacher behaviour).
+
+        Returns:
+            tokens: final-LN tokens B x (1 + K) x D, CLS first;
+            patch_idx: original (row-major) patch index of each kept patch token, B x K;
+            importance: CTP importance of those K tokens in the last block, B x K (the teacher's region guide).
         """
         x = self._embed(images)
         B, N, _ = x.shape
         patch_idx = torch.arange(N - 1, device=x.device).expand(B, -1)  # (B, N-1)
         for i, blk in enumerate(self.blocks, start=1):
+            x, attn, heads = blk.forward_with_attention(x)
             if prune and i in self.keep_at:
-                x, attn, heads = blk.forward_with_attention(x)
                 x, patch_idx = prune_tokens(x, token_importance(attn, heads), self.keep_at[i], patch_idx)
-            else:
-                x = blk(x)
-        return self.norm(x), patch_idx
-
-    def patch_importance(self, images: torch.Tensor) -> torch.Tensor:
-        """CTP importance of every patch from the last block, without pruning: B x G*G (row-major patch grid)."""
-        x = self._embed(images)
-        for blk in self.blocks[:-1]:
-            x = blk(x)
-        _, attn, heads = self.blocks[-1].forward_with_attention(x)
-        return token_importance(attn, heads)
+        if prune and len(self.blocks) in self.keep_at:
+            # Pruned after the last block: re-score the survivors so importance stays aligned with patch_idx.
+            attn, heads = self.blocks[-1].attn.forward_heads(self.blocks[-1].norm1(x))
+        return self.norm(x), patch_idx, token_importance(attn, heads)
 
     def forward_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """images: B x C x H x W -> B x N x D (CLS at index 0)."""
@@ -187,8 +189,9 @@ class EETLoss(nn.Module):
             + cos_weight * mean(1 - cos(z_s, z_t)) + kl_weight * T^2 * KL(softmax(z_t / T) || softmax(z_s / T))
 
     z = logits (``tower.classify(tower(images))``); the teacher runs without gradients. The masked image zeroes the
-    teacher's ``mask_top`` most important patches (``EETViT.patch_importance``); teacher and student must share the
-    input size. Distilling logits rather than embeddings lets the teacher be wider than the student.
+    teacher's ``mask_top`` most important patches (last-block CTP importance of an unpruned pass); teacher and
+    student must share the input size. Distilling logits rather than embeddings lets the teacher be wider than
+    the student.
 
     Args:
         ce_weight: cross-entropy on the clean image.
@@ -221,8 +224,9 @@ class EETLoss(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """images: B x C x H x W, labels: B (int64) -> (scalar loss, detached components)."""
         with torch.no_grad():
-            t_logits = teacher.classify(teacher(images))
-            top = teacher.patch_importance(images).topk(self.mask_top, dim=1).indices  # (B, w)
+            t_tokens, t_idx, t_importance = teacher.forward_pruned(images, prune=False)
+            t_logits = teacher.classify(t_tokens[:, 0])
+            top = t_idx.gather(1, t_importance.topk(self.mask_top, dim=1).indices)  # (B, w) original patch ids
             masked = mask_patches(images, top, teacher.patch_size)
         s_logits = student.classify(student(images))
         s_masked = student.classify(student(masked))

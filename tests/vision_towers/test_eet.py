@@ -43,40 +43,42 @@ def test_token_importance_matches_naive_loop() -> None:
     torch.testing.assert_close(token_importance(attn, heads), ref)
 
 
-def _naive_pruned_forward(model: EETViT, image: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
-    """One sample through the blocks; at pruning points keep CLS + the K best patches via Python sorting."""
+def _naive_pruned_forward(model: EETViT, image: torch.Tensor) -> tuple[torch.Tensor, list[int], list[float]]:
+    """One sample through the blocks; at pruning points keep CLS + the K best patches via Python sorting.
+
+    Returns the final tokens, the kept original patch ids and the last block's scores of the kept tokens.
+    """
     x = model._embed(image[None])
     idx = list(range(model.grid**2))
     for i, blk in enumerate(model.blocks, start=1):
+        x, attn, heads = blk.forward_with_attention(x)
+        scores = _naive_importance(attn, heads)[0]
         if i in model.keep_at:
-            x, attn, heads = blk.forward_with_attention(x)
-            scores = _naive_importance(attn, heads)[0]
             order = sorted(range(len(scores)), key=lambda j: -scores[j])[: model.keep_at[i]]
             x = torch.cat([x[:, :1], x[:, [1 + j for j in order]]], dim=1)
             idx = [idx[j] for j in order]
-        else:
-            x = blk(x)
-    return model.norm(x)[0], idx
+    return model.norm(x)[0], idx, scores
 
 
 def test_pruning_keeps_exactly_the_top_k_plus_cls() -> None:
     model = _tiny(prune_after=(2, 4, 5), keep_tokens=(8, 4, 2)).double().eval()
     images = torch.randn(4, 1, 32, 32, dtype=torch.float64)
     with torch.no_grad():
-        tokens, kept = model.forward_pruned(images)
-        assert tokens.shape == (4, 1 + 2, 64) and kept.shape == (4, 2)
+        tokens, kept, importance = model.forward_pruned(images)
+        assert tokens.shape == (4, 1 + 2, 64) and kept.shape == (4, 2) and importance.shape == (4, 2)
         for b in range(4):
-            ref_tokens, ref_idx = _naive_pruned_forward(model, images[b])
+            ref_tokens, ref_idx, ref_scores = _naive_pruned_forward(model, images[b])
             assert kept[b].tolist() == ref_idx
             torch.testing.assert_close(tokens[b], ref_tokens)
+            torch.testing.assert_close(importance[b], torch.tensor(ref_scores, dtype=torch.float64))
 
 
 def test_keeping_every_token_equals_the_unpruned_tower() -> None:
     model = _tiny(prune_after=(2, 4, 5), keep_tokens=(16, 16, 16)).double().eval()
     images = torch.randn(3, 1, 32, 32, dtype=torch.float64)
     with torch.no_grad():
-        pruned, kept = model.forward_pruned(images)
-        full, full_idx = model.forward_pruned(images, prune=False)
+        pruned, kept, _ = model.forward_pruned(images)
+        full, full_idx, _ = model.forward_pruned(images, prune=False)
     assert torch.equal(full_idx, torch.arange(16).expand(3, -1))
     # Tokens come back sorted by score; undo the permutation before comparing.
     assert sorted(kept[0].tolist()) == list(range(16))
@@ -131,17 +133,17 @@ def test_mask_patches_matches_naive_loop() -> None:
     torch.testing.assert_close(mask_patches(images, idx, 4), ref)
 
 
-def test_patch_importance_is_the_last_block_score_over_all_patches() -> None:
-    model = _tiny(prune_after=(2,), keep_tokens=(4,)).eval()
-    images = torch.randn(2, 1, 32, 32)
+def test_unpruned_importance_covers_every_patch_in_grid_order() -> None:
+    """The teacher's region guide: last-block scores of all G*G patches, row-major (checked by the naive loop)."""
+    model = _tiny(prune_after=(2,), keep_tokens=(4,)).double().eval()
+    images = torch.randn(2, 1, 32, 32, dtype=torch.float64)
     with torch.no_grad():
-        scores = model.patch_importance(images)
-        x = model._embed(images)
-        for blk in model.blocks[:-1]:
-            x = blk(x)
-        _, attn, heads = model.blocks[-1].forward_with_attention(x)
-    assert scores.shape == (2, 16)
-    torch.testing.assert_close(scores, torch.tensor(_naive_importance(attn, heads)))
+        _, idx, importance = model.forward_pruned(images, prune=False)
+        unpruned = copy.deepcopy(model)
+        unpruned.keep_at = {}
+        ref = torch.tensor([_naive_pruned_forward(unpruned, img)[2] for img in images], dtype=torch.float64)
+    assert importance.shape == (2, 16) and torch.equal(idx, torch.arange(16).expand(2, -1))
+    torch.testing.assert_close(importance, ref)
 
 
 def test_eet_loss_components_and_gradients() -> None:
@@ -161,7 +163,10 @@ def test_eet_loss_components_and_gradients() -> None:
         p_t = (z_t / 2).softmax(-1)
         kl = (p_t * (p_t.log() - (z_s / 2).log_softmax(-1))).sum(-1).mean() * 4
         cos = 1 - (z_s * z_t).sum(-1) / (z_s.norm(dim=-1) * z_t.norm(dim=-1))
-        top = teacher.patch_importance(images).argsort(dim=1, descending=True)[:, :3]
+        unpruned = copy.deepcopy(teacher)
+        unpruned.keep_at = {}
+        scores = [_naive_pruned_forward(unpruned, img)[2] for img in images]
+        top = torch.tensor([sorted(range(16), key=lambda j: -sc[j])[:3] for sc in scores])
         z_m = student.classify(student(mask_patches(images, top, 8)))
     torch.testing.assert_close(parts["kl"], kl)
     torch.testing.assert_close(parts["cos"], cos.mean())
