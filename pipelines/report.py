@@ -1,0 +1,504 @@
+"""Self-contained HTML evaluation report, and the one-call evaluation step (predictions -> metrics + report).
+
+The report is one HTML file with inline CSS and PNG plots embedded as base64 (matplotlib, Agg backend), so it
+opens offline, can be attached to a run or an e-mail, and loads nothing from the network. It shows:
+
+* headline cards and a summary table (value and bootstrap interval of every metric, per task);
+* per task: ROC curve (overall, cold, warm), reliability diagram and, when the predictions file is given, the
+  score distribution of positives and negatives;
+* per slice column: forest plots of AUC and NE per slice value with intervals against the overall value;
+* cold vs warm items; training curves when given; the model config and data version.
+
+Usage::
+
+    python -m pipelines.report predictions.parquet runs/eval --slice country --data-version v3
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import html
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: never open a window, also where no display exists
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from pipelines import metrics as M  # noqa: E402
+
+REPORT_NAME = "report.html"
+# Slice values shown per forest plot; the largest slices (by rows) are kept.
+MAX_SLICE_VALUES = 30
+COLORS = {"overall": "#3b5bdb", "cold": "#e8590c", "warm": "#2b8a3e", "pos": "#c2255c", "neg": "#495057"}
+STYLE = {
+    "figure.dpi": 110,
+    "font.size": 9.5,
+    "axes.titlesize": 11,
+    "axes.titleweight": "bold",
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.color": "#e9ecef",
+    "grid.linewidth": 0.8,
+    "axes.edgecolor": "#adb5bd",
+    "legend.frameon": False,
+}
+CARD_METRICS = ("auc", "gauc", "ne", "calibration")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Plots. Each returns a Figure; _png closes it and returns the embeddable data URI.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _png(fig: Figure) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _value(entry: Mapping[str, Any] | None, metric: str) -> float | None:
+    """A metric's value from a task entry, None when the scope has no metrics or the metric is undefined."""
+    if entry is None or entry.get("metrics") is None:
+        return None
+    return entry["metrics"][metric]["value"]
+
+
+def _scoped_entries(metrics: Mapping[str, Any], task: str) -> dict[str, Mapping[str, Any]]:
+    """Task entries of the overall scope and, when present with metrics, cold and warm."""
+    entries = {"overall": metrics["overall"]["tasks"][task]}
+    for name, scope in (metrics.get("cold_warm") or {}).items():
+        if scope["tasks"][task].get("roc") is not None:
+            entries[name] = scope["tasks"][task]
+    return entries
+
+
+def roc_figure(metrics: Mapping[str, Any], task: str) -> Figure:
+    """ROC curves of one task: overall, cold and warm."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(4.6, 4.2))
+        ax.plot([0, 1], [0, 1], ls="--", lw=1, color="#adb5bd", label="random")
+        for name, entry in _scoped_entries(metrics, task).items():
+            auc = _value(entry, "auc")
+            label = f"{name}  AUC {auc:.4f}" if auc is not None else f"{name}  AUC n/a"
+            ax.plot(
+                entry["roc"]["fpr"],
+                entry["roc"]["tpr"],
+                lw=2 if name == "overall" else 1.4,
+                color=COLORS[name],
+                label=label,
+            )
+        ax.set(
+            xlim=(0, 1),
+            ylim=(0, 1.01),
+            xlabel="false positive rate",
+            ylabel="true positive rate",
+            title=f"ROC · {task}",
+        )
+        ax.set_aspect("equal")
+        ax.legend(loc="lower right")
+    return fig
+
+
+def reliability_figure(metrics: Mapping[str, Any], task: str) -> Figure:
+    """Reliability diagram: observed positive rate against mean score per equal-count bin, with binomial errors."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(4.6, 4.2))
+        top = 0.0
+        for name, entry in _scoped_entries(metrics, task).items():
+            curve = entry["reliability"]
+            points = [
+                (s, r, n)
+                for s, r, n in zip(curve["mean_score"], curve["positive_rate"], curve["count"], strict=True)
+                if s is not None
+            ]
+            if not points:
+                continue
+            s, r, n = (np.array(v, dtype=float) for v in zip(*points, strict=True))
+            err = np.sqrt(np.clip(r * (1 - r), 1e-12, None) / np.maximum(n, 1))
+            cal = _value(entry, "calibration")
+            label = f"{name}  calibration {cal:.3f}" if cal is not None else name
+            ax.errorbar(s, r, yerr=err, fmt="o-", ms=4, lw=1.4, capsize=2, color=COLORS[name], label=label)
+            top = max(top, float(s.max()), float((r + err).max()))
+        top = min(1.0, top * 1.08) or 1.0
+        ax.plot([0, top], [0, top], ls="--", lw=1, color="#adb5bd", label="perfect")
+        ax.set(xlim=(0, top), ylim=(0, top), xlabel="mean predicted probability", ylabel="observed positive rate")
+        ax.set_title(f"Calibration · {task}")
+        ax.set_aspect("equal")
+        ax.legend(loc="upper left")
+    return fig
+
+
+def score_histograms(predictions_path: str | Path, tasks: Sequence[str], n_bins: int = 60) -> dict[str, dict[str, Any]]:
+    """Score histograms of positives and negatives per task, streamed over the parquet in record batches.
+
+    Bins are evenly spaced on the logit scale between 1e-4 and 1 - 1e-4 (scores outside fall in the end bins),
+    which resolves both rare-click score mass near 0 and confident scores near 1.
+    """
+    edges = 1.0 / (1.0 + np.exp(-np.linspace(-math.log(1e4 - 1), math.log(1e4 - 1), n_bins + 1)))
+    hist = {t: {"edges": edges, "pos": np.zeros(n_bins), "neg": np.zeros(n_bins)} for t in tasks}
+    columns = [c for t in tasks for c in (f"{M.LABEL_PREFIX}{t}", f"{M.SCORE_PREFIX}{t}")]
+    for batch in pq.ParquetFile(predictions_path).iter_batches(batch_size=1 << 20, columns=columns):
+        for t in tasks:
+            labels = batch.column(f"{M.LABEL_PREFIX}{t}").to_numpy() > 0
+            scores = np.clip(batch.column(f"{M.SCORE_PREFIX}{t}").to_numpy(), edges[0], edges[-1])
+            hist[t]["pos"] += np.histogram(scores[labels], edges)[0]
+            hist[t]["neg"] += np.histogram(scores[~labels], edges)[0]
+    return hist
+
+
+def distribution_figure(hist: Mapping[str, Any], task: str) -> Figure:
+    """Score densities of positives and negatives (each normalised to its own total) on a logit axis."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(4.6, 4.2))
+        edges = hist["edges"]
+        for key, label in (("neg", "negatives"), ("pos", "positives")):
+            counts = hist[key]
+            total = counts.sum()
+            if total:
+                ax.stairs(counts / total, edges, fill=True, alpha=0.35, color=COLORS[key])
+                ax.stairs(counts / total, edges, lw=1.5, color=COLORS[key], label=f"{label} ({int(total):,})")
+        ax.set_xscale("logit")
+        occupied = np.flatnonzero(hist["neg"] + hist["pos"])
+        if occupied.size:  # zoom to the populated bins, one empty bin either side
+            ax.set_xlim(edges[max(occupied[0] - 1, 0)], edges[min(occupied[-1] + 2, len(edges) - 1)])
+        ax.set(xlabel="score (logit scale)", ylabel="share of rows", title=f"Score distribution · {task}")
+        ax.legend(loc="upper left")
+    return fig
+
+
+def forest_figure(scopes: Mapping[str, Mapping[str, Any]], overall: Mapping[str, Any], task: str) -> Figure:
+    """AUC and NE per slice value with bootstrap intervals; the overall value is the reference line.
+
+    Slices below the minimum size (no metric) are listed greyed with their row count.
+    """
+    names = sorted(scopes, key=lambda k: -scopes[k]["n_rows"])[:MAX_SLICE_VALUES]
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 2, figsize=(7.6, 1.1 + 0.32 * len(names)), sharey=True, squeeze=False)
+        y = np.arange(len(names))[::-1]
+        for ax, metric in zip(axes[0], ("auc", "ne"), strict=True):
+            reference = _value(overall, metric)
+            if reference is not None:
+                ax.axvline(reference, color=COLORS["overall"], lw=1.2, ls="--", label=f"overall {reference:.4f}")
+                ax.legend(loc="lower right" if metric == "auc" else "lower left", fontsize=8)
+            for yi, name in zip(y, names, strict=True):
+                entry = scopes[name]["tasks"][task]
+                m = None if entry["metrics"] is None else entry["metrics"][metric]
+                if m is None or m["value"] is None:
+                    continue
+                lo, hi = m["ci_low"], m["ci_high"]
+                xerr = None if lo is None else [[m["value"] - lo], [hi - m["value"]]]
+                color = COLORS.get(name, "#343a40")
+                ax.errorbar(m["value"], yi, xerr=xerr, fmt="o", ms=5, color=color, ecolor=color, capsize=3, lw=1.4)
+            ax.set_title(f"{metric.upper()} · {task}")
+        labels = [
+            f"{name}  ({scopes[name]['n_rows']:,} rows)"
+            if scopes[name]["status"] == "ok"
+            else f"{name}  ({scopes[name]['n_rows']:,} rows, {scopes[name]['status'].replace('_', ' ')})"
+            for name in names
+        ]
+        axes[0][0].set_yticks(y, labels)
+        for tick, name in zip(axes[0][0].get_yticklabels(), names, strict=True):
+            if scopes[name]["status"] != "ok":
+                tick.set_color("#adb5bd")
+        axes[0][0].set_ylim(-0.7, len(names) - 0.3)
+    return fig
+
+
+def training_figure(curves: Sequence[Mapping[str, float]]) -> Figure:
+    """Small multiples: one panel per logged metric against ``step`` (entries may log different metrics)."""
+    keys = sorted({k for row in curves for k in row if k != "step"})
+    n_cols = min(3, len(keys))
+    n_rows = math.ceil(len(keys) / n_cols)
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.2 * n_cols, 2.9 * n_rows), squeeze=False)
+        for ax, key in zip(axes.flat, keys, strict=False):
+            points = sorted((row["step"], row[key]) for row in curves if key in row and row[key] is not None)
+            steps, values = zip(*points, strict=True) if points else ((), ())
+            ax.plot(steps, values, marker="o" if len(points) < 30 else None, ms=3, lw=1.6, color=COLORS["overall"])
+            ax.set(title=key, xlabel="step")
+        for ax in axes.flat[len(keys) :]:
+            ax.set_visible(False)
+        fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# HTML.
+# ---------------------------------------------------------------------------------------------------------------
+
+CSS = """
+:root { --ink:#212529; --muted:#6c757d; --line:#dee2e6; --card:#f8f9fa; --accent:#3b5bdb; }
+* { box-sizing: border-box; }
+body { margin:0; font:14px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
+       color:var(--ink); background:#fff; }
+header { padding:28px 40px 18px; border-bottom:1px solid var(--line);
+         background:linear-gradient(135deg,#edf2ff 0%,#fff 70%); }
+header h1 { margin:0 0 6px; font-size:24px; }
+header .meta { color:var(--muted); }
+.badge { display:inline-block; padding:1px 8px; border-radius:10px; background:#dbe4ff; color:#364fc7;
+         font-size:12px; margin-right:6px; }
+main { padding:8px 40px 40px; max-width:1500px; }
+h2 { margin:34px 0 10px; padding-bottom:4px; border-bottom:2px solid var(--line); font-size:19px; }
+h3 { margin:22px 0 8px; font-size:16px; }
+.cards { display:grid; grid-template-columns:repeat(auto-fill,minmax(190px,1fr)); gap:12px; margin:14px 0; }
+.card { background:var(--card); border:1px solid var(--line); border-radius:10px; padding:12px 14px; }
+.card .name { color:var(--muted); font-size:12px; text-transform:uppercase; letter-spacing:.04em; }
+.card .value { font-size:26px; font-weight:600; }
+.card .ci { color:var(--muted); font-size:12px; }
+.plots { display:grid; grid-template-columns:repeat(auto-fill,minmax(420px,1fr)); gap:16px; align-items:start; }
+.plots.wide { grid-template-columns:1fr; }
+.plots.forest { grid-template-columns:repeat(auto-fill,minmax(700px,1fr)); }
+figure { margin:0; background:#fff; border:1px solid var(--line); border-radius:10px; padding:8px; }
+figure img { max-width:100%; height:auto; display:block; margin:0 auto; }  /* natural size, shrink to fit */
+table { border-collapse:collapse; margin:8px 0 16px; font-variant-numeric:tabular-nums; }
+th, td { padding:5px 12px; border-bottom:1px solid var(--line); text-align:right; }
+th:first-child, td:first-child { text-align:left; }
+th { background:var(--card); font-weight:600; }
+td.na { color:var(--muted); font-style:italic; }
+.note { color:var(--muted); font-size:13px; }
+pre { background:var(--card); border:1px solid var(--line); border-radius:8px; padding:12px; overflow:auto;
+      font-size:12.5px; }
+"""
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _figure(uri: str, alt: str) -> str:
+    return f'<figure><img src="{uri}" alt="{_e(alt)}"></figure>'
+
+
+def _cards(entry: Mapping[str, Any]) -> str:
+    cards = []
+    for metric in CARD_METRICS:
+        m = entry["metrics"][metric]
+        ci = f"[{_num(m['ci_low'])}, {_num(m['ci_high'])}]" if m["ci_low"] is not None else (m["reason"] or "")
+        cards.append(
+            f'<div class="card"><div class="name">{_e(metric)}</div><div class="value">{_num(m["value"])}</div>'
+            f'<div class="ci">{_e(ci)}</div></div>'
+        )
+    return f'<div class="cards">{"".join(cards)}</div>'
+
+
+def _metric_table(entry: Mapping[str, Any], level: float) -> str:
+    rows = []
+    for name, m in entry["metrics"].items():
+        if m["value"] is None:
+            rows.append(f'<tr><td>{_e(name)}</td><td class="na" colspan="2">{_e(m["reason"])}</td></tr>')
+        else:
+            ci = f"{_num(m['ci_low'])} – {_num(m['ci_high'])}" if m["ci_low"] is not None else ""
+            rows.append(f"<tr><td>{_e(name)}</td><td>{_num(m['value'])}</td><td>{ci}</td></tr>")
+    head = f"<tr><th>metric</th><th>value</th><th>{round(100 * level)}% interval</th></tr>"
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _counts_note(counts: Mapping[str, Any]) -> str:
+    return (
+        f'<p class="note">{counts["n_rows"]:,} rows, {counts["n_positive"]:,} positives (base rate '
+        f"{_num(counts['base_rate'])}). GAUC over {counts['gauc_groups']:,} groups, "
+        f"{counts['gauc_groups_single_class']:,} single-class groups skipped; NDCG/Recall over "
+        f"{counts['ranking_groups']:,} groups, {counts['ranking_groups_no_positive']:,} without positives skipped.</p>"
+    )
+
+
+def _scope_table(scopes: Mapping[str, Mapping[str, Any]], tasks: Sequence[str]) -> str:
+    """Rows, positives and AUC / NE with intervals per scope and task."""
+    head = "<tr><th>slice</th><th>task</th><th>rows</th><th>positives</th><th>AUC</th><th>NE</th></tr>"
+    rows = []
+    for name, scope in scopes.items():
+        for task in tasks:
+            entry = scope["tasks"][task]
+            cells = []
+            for metric in ("auc", "ne"):
+                m = None if entry["metrics"] is None else entry["metrics"][metric]
+                if m is None or m["value"] is None:
+                    reason = scope["status"].replace("_", " ") if m is None else m["reason"]
+                    cells.append(f'<td class="na">{_e(reason)}</td>')
+                else:
+                    ci = f" [{_num(m['ci_low'])}, {_num(m['ci_high'])}]" if m["ci_low"] is not None else ""
+                    cells.append(f"<td>{_num(m['value'])}{ci}</td>")
+            rows.append(
+                f"<tr><td>{_e(name)}</td><td>{_e(task)}</td><td>{scope['n_rows']:,}</td>"
+                f"<td>{entry['counts']['n_positive']:,}</td>{''.join(cells)}</tr>"
+            )
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _scope_section(
+    title_html: str,
+    note: str,
+    scopes: Mapping[str, Mapping[str, Any]],
+    overall: Mapping[str, Any],
+    tasks: Sequence[str],
+) -> str:
+    """Forest plots (one per task) and the table of a set of scopes (a slice column, or cold/warm)."""
+    figs = "".join(_figure(_png(forest_figure(scopes, overall[t], t)), f"{title_html} {t}") for t in tasks)
+    return f'<h2>{title_html}</h2><p class="note">{_e(note)}</p><div class="plots forest">{figs}</div>' + _scope_table(
+        scopes, tasks
+    )
+
+
+def render_report(
+    metrics: Mapping[str, Any],
+    predictions_path: str | Path | None = None,
+    config: Mapping[str, Any] | None = None,
+    data_version: str | None = None,
+    training_curves: Sequence[Mapping[str, float]] | None = None,
+    title: str = "Offline evaluation",
+) -> str:
+    """The report as one HTML string (see ``write_report``)."""
+    tasks = metrics["data"]["tasks"]
+    level = metrics["config"]["ci_level"]
+    hists = score_histograms(predictions_path, tasks) if predictions_path is not None else None
+    generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    badges = "".join(
+        f'<span class="badge">{_e(b)}</span>'
+        for b in (
+            f"data {data_version}" if data_version else None,
+            f"{metrics['data']['n_rows']:,} rows",
+            f"{metrics['data']['n_groups']:,} groups",
+            f"{metrics['config']['n_bootstrap']} bootstrap replicates (groups resampled)",
+            "weighted" if metrics["data"]["weighted"] else None,
+        )
+        if b
+    )
+    parts = [
+        f"<header><h1>{_e(title)}</h1><div class='meta'>{badges} generated {generated}</div></header><main>",
+        "<h2>Summary</h2>",
+    ]
+    for task in tasks:
+        entry = metrics["overall"]["tasks"][task]
+        parts += [f"<h3>Task <code>{_e(task)}</code></h3>", _cards(entry), _counts_note(entry["counts"])]
+        parts.append(_metric_table(entry, level))
+        plots = [_figure(_png(roc_figure(metrics, task)), f"ROC curve {task}")]
+        plots.append(_figure(_png(reliability_figure(metrics, task)), f"calibration plot {task}"))
+        if hists is not None:
+            plots.append(_figure(_png(distribution_figure(hists[task], task)), f"score distribution {task}"))
+        parts.append(f'<div class="plots">{"".join(plots)}</div>')
+
+    overall_entries = metrics["overall"]["tasks"]
+    for column, scopes in metrics["slices"].items():
+        note = f"Slices under {metrics['config']['min_slice_size']:,} rows get counts only."
+        parts.append(_scope_section(f"Slice <code>{_e(column)}</code>", note, scopes, overall_entries, tasks))
+    if metrics.get("cold_warm"):
+        note = "Cold items were not seen in training. The ROC and calibration plots above also show them."
+        parts.append(_scope_section("Cold vs warm items", note, metrics["cold_warm"], overall_entries, tasks))
+
+    if training_curves:
+        parts += [
+            "<h2>Training curves</h2>",
+            f'<div class="plots wide">{_figure(_png(training_figure(training_curves)), "training curves")}</div>',
+        ]
+    parts.append("<h2>Model config and data</h2>")
+    parts.append(f"<p>Data version: <b>{_e(data_version or 'not given')}</b></p>")
+    parts.append(
+        f"<h3>Model config</h3><pre>{_e(json.dumps(config, indent=2, default=str)) if config else 'not given'}</pre>"
+    )
+    parts.append(f"<h3>Evaluation settings</h3><pre>{_e(json.dumps(metrics['config'], indent=2))}</pre>")
+    parts.append(f"<h3>Data</h3><pre>{_e(json.dumps(metrics['data'], indent=2))}</pre></main>")
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n"
+    )
+
+
+def write_report(
+    metrics: Mapping[str, Any],
+    predictions_path: str | Path | None,
+    out_dir: str | Path,
+    config: Mapping[str, Any] | None = None,
+    data_version: str | None = None,
+    training_curves: Sequence[Mapping[str, float]] | None = None,
+) -> Path:
+    """Write ``report.html`` into ``out_dir`` and return its path.
+
+    Args:
+        metrics: an ``evaluate`` result (the content of ``metrics.json``).
+        predictions_path: the predictions parquet, read in batches for the score distributions; None skips them.
+        out_dir: output directory (created).
+        config: the model config, shown as JSON.
+        data_version: shown in the header and the config section.
+        training_curves: ``[{"step": 100, "loss": 0.41, "val_auc": 0.71}, ...]``; one panel per metric key.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / REPORT_NAME
+    path.write_text(render_report(metrics, predictions_path, config, data_version, training_curves), encoding="utf-8")
+    return path
+
+
+def run_evaluation(
+    predictions_path: str | Path,
+    out_dir: str | Path,
+    *,
+    tasks: Sequence[str] | None = None,
+    slice_columns: Sequence[str] = (),
+    eval_config: M.EvalConfig | None = None,
+    model_config: Mapping[str, Any] | None = None,
+    data_version: str | None = None,
+    training_curves: Sequence[Mapping[str, float]] | None = None,
+) -> dict[str, Path]:
+    """Predictions parquet -> ``metrics.json``, ``summary.md`` and ``report.html`` in ``out_dir``.
+
+    Returns:
+        ``{"json": ..., "markdown": ..., "report": ...}`` paths.
+    """
+    metrics = M.evaluate(predictions_path, tasks=tasks, slice_columns=slice_columns, config=eval_config)
+    paths = M.write_results(metrics, out_dir)
+    paths["report"] = write_report(metrics, predictions_path, out_dir, model_config, data_version, training_curves)
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: ``python -m pipelines.report PREDICTIONS OUT_DIR [--slice COL ...]``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("predictions", type=Path)
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--slice", dest="slices", action="append", default=[], help="slice column (repeatable)")
+    parser.add_argument("--task", dest="tasks", action="append", default=None, help="task (default: all)")
+    parser.add_argument("--ks", type=int, nargs="+", default=list(M.EvalConfig.ks))
+    parser.add_argument("--min-slice-size", type=int, default=M.EvalConfig.min_slice_size)
+    parser.add_argument("--bootstrap", type=int, default=M.EvalConfig.n_bootstrap)
+    parser.add_argument("--seed", type=int, default=M.EvalConfig.seed)
+    parser.add_argument("--data-version", default=None)
+    parser.add_argument("--model-config", type=Path, default=None, help="JSON file with the model config")
+    args = parser.parse_args(argv)
+    cfg = M.EvalConfig(
+        ks=tuple(args.ks), min_slice_size=args.min_slice_size, n_bootstrap=args.bootstrap, seed=args.seed
+    )
+    model_config = json.loads(args.model_config.read_text()) if args.model_config else None
+    paths = run_evaluation(
+        args.predictions,
+        args.out_dir,
+        tasks=args.tasks,
+        slice_columns=args.slices,
+        eval_config=cfg,
+        model_config=model_config,
+        data_version=args.data_version,
+    )
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+
+
+if __name__ == "__main__":
+    main()

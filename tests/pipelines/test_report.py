@@ -1,0 +1,99 @@
+"""The HTML report is self-contained, complete, and survives degenerate metrics."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import polars as pl
+import pytest
+from PIL import Image
+
+from pipelines import metrics as M
+from pipelines import report as R
+from tests.pipelines.test_metrics import synthetic_predictions
+
+pytestmark = pytest.mark.unit
+
+CFG = M.EvalConfig(n_bootstrap=20, min_slice_size=300, ks=(3, 10))
+CURVES = [{"step": s, "loss": 0.7 * 0.98**s} | ({"val_auc": 0.6 + s / 1000} if s % 20 == 0 else {}) for s in range(100)]
+
+
+class _Collector(HTMLParser):
+    """Tags and attributes of a document."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+
+def _parse(path: Path) -> list[tuple[str, dict[str, str | None]]]:
+    collector = _Collector()
+    collector.feed(path.read_text(encoding="utf-8"))
+    return collector.tags
+
+
+def test_run_evaluation_writes_a_self_contained_report(tmp_path: Path) -> None:
+    predictions = tmp_path / "predictions.parquet"
+    synthetic_predictions(n_rows=2000, n_groups=150).write_parquet(predictions)
+    paths = R.run_evaluation(
+        predictions,
+        tmp_path / "eval",
+        slice_columns=["country"],
+        eval_config=CFG,
+        model_config={"model": "hiformer", "tower": {"name": "convformer_s18"}, "note": "<b>escaped</b>"},
+        data_version="fashion-clicks@v1",
+        training_curves=CURVES,
+    )
+    assert {p.name for p in paths.values()} == {"metrics.json", "summary.md", "report.html"}
+    text = paths["report"].read_text(encoding="utf-8")
+    tags = _parse(paths["report"])
+
+    # Nothing is fetched: no scripts, stylesheets or remote URLs; every image is an inline PNG that decodes.
+    assert not [t for t, _ in tags if t in {"script", "link", "iframe"}]
+    urls = [v for _, attrs in tags for k, v in attrs.items() if k in {"src", "href"} and v]
+    assert urls and all(u.startswith("data:image/png;base64,") for u in urls)
+    for url in urls:
+        with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as image:
+            assert image.format == "PNG" and image.width > 100 and image.height > 100
+    # 2 tasks x (ROC, calibration, score distribution) + 2 x country + 2 x cold/warm + training curves.
+    alts = [attrs["alt"] for t, attrs in tags if t == "img"]
+    assert len(alts) == 2 * 3 + 2 + 2 + 1
+    assert {"ROC curve click", "calibration plot like", "score distribution click", "training curves"} <= set(alts)
+
+    for needle in ("Slice <code>country</code>", "Cold vs warm items", "Training curves", "fashion-clicks@v1"):
+        assert needle in text
+    assert "&lt;b&gt;escaped&lt;/b&gt;" in text and "<b>escaped</b>" not in text
+    assert json.loads(paths["json"].read_text())["kind"] == "evaluation"
+
+
+def test_report_of_degenerate_metrics(tmp_path: Path) -> None:
+    """Single-class task, slices all below the minimum, no cold column, no predictions file, no curves."""
+    df = synthetic_predictions(n_rows=400, n_groups=40).drop("is_cold")
+    df = df.with_columns(pl.lit(0, dtype=pl.Int8).alias("label_like"))
+    metrics = M.evaluate(df, slice_columns=["surface"], config=M.EvalConfig(n_bootstrap=5, min_slice_size=10_000))
+    path = R.write_report(metrics, None, tmp_path)
+    text = path.read_text(encoding="utf-8")
+    assert M.REASON_SINGLE_CLASS in text and "below min size" in text
+    assert "Cold vs warm" not in text and "Training curves" not in text
+    alts = [attrs["alt"] for t, attrs in _parse(path) if t == "img"]
+    assert len(alts) == 2 * 2 + 2  # ROC + calibration per task, one forest plot per task
+
+
+def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    predictions = tmp_path / "p.parquet"
+    synthetic_predictions(n_rows=500, n_groups=50, tasks=("click",)).write_parquet(predictions)
+    config = tmp_path / "model.json"
+    config.write_text(json.dumps({"layers": 2}))
+    R.main([str(predictions), str(tmp_path / "out"), "--slice", "country", "--bootstrap", "5", "--ks", "2", "4"])
+    R.main([str(predictions), str(tmp_path / "out2"), "--model-config", str(config), "--data-version", "v9"])
+    assert "report: " in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["config"]["ks"] == [2, 4] and list(metrics["slices"]) == ["country"]
+    assert "v9" in (tmp_path / "out2" / "report.html").read_text()
