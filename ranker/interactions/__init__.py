@@ -1,9 +1,10 @@
-"""Feature-interaction layers: ``B x N x D`` feature tokens -> ``B x K x out_dim`` (one representation per task).
+"""Feature-interaction layers: ``B x T x D`` feature tokens -> ``B x K x out_dim`` (one representation per task).
 
-Shapes: B batch, N feature tokens (dense, then sparse, then image tokens, in the caller's fixed order),
-D token width, K tasks, H heads.
+Shapes follow the glossary in ``ranker/__init__.py``: B batch, T tokens entering the interaction (dense, then
+sparse, then image tokens, in the caller's fixed order), D token width, K tasks, H heads; attention layers also
+use S = T + K (with the task tokens) and Q (rows a layer updates).
 
-Every interaction is built by ``create(name, num_tokens=N, dim=D, num_tasks=K, **hyper_parameters)`` and has an
+Every interaction is built by ``create(name, num_tokens=T, dim=D, num_tasks=K, **hyper_parameters)`` and has an
 ``out_dim`` attribute. Registered: ``hiformer``, ``hetero_attention``, ``transformer``, ``dcnv2`` (needs torchrec),
 ``dlrm``.
 """

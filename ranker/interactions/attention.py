@@ -5,8 +5,8 @@ all tokens (vanilla), one weight per token (heterogeneous), or one big map of th
 (composite, Hiformer keys/values), optionally low-rank. So this module holds one attention layer that takes its
 projections as arguments, and the stack that appends task tokens and returns their final states.
 
-Shapes: B batch, N feature tokens, K tasks, T = N + K tokens (task tokens in the last K slots), D model width,
-H heads, d_k / d_v per-head key / value width, Q rows a layer updates (T, or K in a pruned last layer).
+Shapes: B batch, T feature tokens, K tasks, S = T + K tokens (task tokens in the last K slots), D model width,
+H heads, d_k / d_v per-head key / value width, Q rows a layer updates (S, or K in a pruned last layer).
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ def attend(query: Tensor, key: Tensor, value: Tensor, dropout: float = 0.0, trai
 
     Args:
         query: ``B x H x Q x d_k``.
-        key: ``B x H x T x d_k``.
-        value: ``B x H x T x d_v``.
+        key: ``B x H x S x d_k``.
+        value: ``B x H x S x d_v``.
         dropout: dropout probability on the attention weights.
         training: apply dropout only when True.
 
     Returns:
         ``B x H x Q x d_v``.
     """
-    scores = torch.matmul(query, key.transpose(-2, -1))  # (B, H, Q, T)
+    scores = torch.matmul(query, key.transpose(-2, -1))  # (B, H, Q, S)
     # bf16/fp16 logits would round away the small gaps between tokens; float64 stays float64 for exact tests.
     scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * query.shape[-1] ** -0.5
     weights = F.dropout(scores.softmax(dim=-1), dropout, training).to(value.dtype)
@@ -55,7 +55,7 @@ class TokenLinear(nn.Module):
         device: parameter device.
         dtype: parameter dtype.
 
-    Shapes: ``B x T x in_dim`` (T >= Q) -> ``B x Q x out_dim``.
+    Shapes: ``B x S x in_dim`` (S >= Q) -> ``B x Q x out_dim``.
 
     Example::
 
@@ -97,12 +97,12 @@ class TokenLinear(nn.Module):
 class CompositeLinear(nn.Module):
     """Hiformer composite projection: every output token is a linear map of *all* input tokens.
 
-    The ``T x in_dim`` tokens are flattened and mapped by one ``(T·in_dim) x (Q·out_dim)`` matrix, full or
+    The ``S x in_dim`` tokens are flattened and mapped by one ``(S·in_dim) x (Q·out_dim)`` matrix, full or
     factorised as two bias-free linears of rank ``rank`` with nothing in between (paper §3.5.1). A block-diagonal
     matrix recovers a heterogeneous projection.
 
     Args:
-        in_tokens: number of input tokens (T).
+        in_tokens: number of input tokens (S).
         in_dim: input width per token.
         out_tokens: number of trailing tokens emitted (Q).
         out_dim: output width per token.
@@ -110,7 +110,7 @@ class CompositeLinear(nn.Module):
         device: parameter device.
         dtype: parameter dtype.
 
-    Shapes: ``B x T x in_dim`` -> ``B x Q x out_dim``.
+    Shapes: ``B x S x in_dim`` -> ``B x Q x out_dim``.
 
     Example::
 
@@ -143,8 +143,8 @@ class CompositeLinear(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # Full or factorised, the effective matrix gets entry variance 1/(T·in_dim), so outputs keep unit variance
-        # and the composite logits do not grow with the token count. Factorised: U ~ N(0, 1/(T·in_dim)) and
+        # Full or factorised, the effective matrix gets entry variance 1/(S·in_dim), so outputs keep unit variance
+        # and the composite logits do not grow with the token count. Factorised: U ~ N(0, 1/(S·in_dim)) and
         # W ~ N(0, 1/rank), whose product over the rank dimension has that variance.
         for linear in self.proj.modules():
             if isinstance(linear, nn.Linear):
@@ -152,7 +152,7 @@ class CompositeLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         batch = x.shape[0]
-        y = self.proj(x.reshape(batch, -1))  # (B, T·in_dim) -> (B, Q·out_dim)
+        y = self.proj(x.reshape(batch, -1))  # (B, S·in_dim) -> (B, Q·out_dim)
         return y.view(batch, self.out_tokens, -1)  # (B, Q, out_dim)
 
 
@@ -199,16 +199,16 @@ class FeedForward(nn.Module):
 
 
 class AttentionLayer(nn.Module):
-    """Multi-head self-attention over all T tokens, then a FFN, each in a residual block (pre- or post-LN).
+    """Multi-head self-attention over all S tokens, then a FFN, each in a residual block (pre- or post-LN).
 
-    Only the last Q = ``query.out_tokens`` tokens are updated: Q = T normally, Q = K in a pruned last layer,
+    Only the last Q = ``query.out_tokens`` tokens are updated: Q = S normally, Q = K in a pruned last layer,
     where queries, attention rows, output projection and FFN are computed for the task tokens only while keys
-    and values still cover all T tokens, so the task-token outputs are exactly those of the unpruned layer.
+    and values still cover all S tokens, so the task-token outputs are exactly those of the unpruned layer.
 
     Args:
-        query: projection ``B x T x D -> B x Q x H·d_k``.
-        key: projection ``B x T x D -> B x T x H·d_k``.
-        value: projection ``B x T x D -> B x T x H·d_v``.
+        query: projection ``B x S x D -> B x Q x H·d_k``.
+        key: projection ``B x S x D -> B x S x H·d_k``.
+        value: projection ``B x S x D -> B x S x H·d_v``.
         out: projection ``B x Q x H·d_v -> B x Q x D``.
         ffn: ``B x Q x D -> B x Q x D``.
         dim: token width D.
@@ -218,15 +218,15 @@ class AttentionLayer(nn.Module):
         device: parameter device.
         dtype: parameter dtype.
 
-    Shapes: ``B x T x D`` -> ``B x Q x D`` (the new states of the last Q tokens).
+    Shapes: ``B x S x D`` -> ``B x Q x D`` (the new states of the last Q tokens).
 
     Example::
 
-        >>> T, D = 5, 16
+        >>> S, D = 5, 16
         >>> layer = AttentionLayer(
-        ...     query=TokenLinear(D, D, T), key=TokenLinear(D, D, T), value=TokenLinear(D, D, T),
-        ...     out=TokenLinear(D, D, T, shared=True), ffn=FeedForward(D, 32, T), dim=D, num_heads=2)
-        >>> layer(torch.randn(2, T, D)).shape
+        ...     query=TokenLinear(D, D, S), key=TokenLinear(D, D, S), value=TokenLinear(D, D, S),
+        ...     out=TokenLinear(D, D, S, shared=True), ffn=FeedForward(D, 32, S), dim=D, num_heads=2)
+        >>> layer(torch.randn(2, S, D)).shape
         torch.Size([2, 5, 16])
     """
 
@@ -262,8 +262,8 @@ class AttentionLayer(nn.Module):
         rows = self.query.out_tokens
         h = self.norm1(x) if self.norm_first else x
         q = self._split_heads(self.query(h))  # (B, H, Q, d_k)
-        k = self._split_heads(self.key(h))  # (B, H, T, d_k)
-        v = self._split_heads(self.value(h))  # (B, H, T, d_v)
+        k = self._split_heads(self.key(h))  # (B, H, S, d_k)
+        v = self._split_heads(self.value(h))  # (B, H, S, d_v)
         a = attend(q, k, v, self.dropout, self.training)  # (B, H, Q, d_v)
         a = a.transpose(1, 2).reshape(batch, rows, -1)  # (B, Q, H·d_v)
         y = x[:, x.shape[1] - rows :] + F.dropout(self.out(a), self.dropout, self.training)  # (B, Q, D)
@@ -275,22 +275,22 @@ class AttentionLayer(nn.Module):
 
 
 class AttentionInteraction(nn.Module):
-    """Appends K learned task tokens to the N feature tokens, runs the layers, returns the task-token states.
+    """Appends K learned task tokens to the T feature tokens, runs the layers, returns the task-token states.
 
     Token order is fixed by the caller (dense, sparse, image tokens); the task tokens take the last K slots. With
     token-specific or composite projections the result is *not* permutation-equivariant, so the order must never
     change between training and serving.
 
     Args:
-        layers: attention layers built for T = N + K tokens; only the last may update fewer rows (exactly K).
-        num_tokens: N, feature tokens per example (excluding task tokens).
+        layers: attention layers built for S = T + K tokens; only the last may update fewer rows (exactly K).
+        num_tokens: T, feature tokens per example (excluding task tokens).
         dim: token width D.
         num_tasks: K, number of task tokens (one per prediction task).
         final_norm: LayerNorm the task-token states (needed after pre-LN layers, whose stream is unnormalised).
         device: parameter device.
         dtype: parameter dtype.
 
-    Shapes: ``B x N x D`` -> ``B x K x D``; ``out_dim`` = D.
+    Shapes: ``B x T x D`` -> ``B x K x D``; ``out_dim`` = D.
 
     Example::
 
@@ -330,7 +330,7 @@ class AttentionInteraction(nn.Module):
         batch, num_tokens, dim = tokens.shape
         if (num_tokens, dim) != (self.num_tokens, self.out_dim):
             raise ValueError(f"expected B x {self.num_tokens} x {self.out_dim} tokens, got {tuple(tokens.shape)}")
-        x = torch.cat([tokens, self.task_tokens.expand(batch, -1, -1)], dim=1)  # (B, T, D)
+        x = torch.cat([tokens, self.task_tokens.expand(batch, -1, -1)], dim=1)  # (B, S, D)
         for layer in self.layers:
             x = layer(x)
         return self.final_norm(x[:, x.shape[1] - self.num_tasks :])  # (B, K, D)

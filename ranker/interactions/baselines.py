@@ -32,21 +32,21 @@ class DCNv2(nn.Module):
     """DCN-v2: a cross network over the flattened tokens plus a deep MLP, stacked or in parallel.
 
     Cross layer l (torchrec ``CrossNet``; ``LowRankCrossNet`` when ``low_rank`` is set):
-    ``x_{l+1} = x_0 ⊙ (W_l x_l + b_l) + x_l`` on ``x_0 = flatten(tokens)``, width N·D.
+    ``x_{l+1} = x_0 ⊙ (W_l x_l + b_l) + x_l`` on ``x_0 = flatten(tokens)``, width T·D.
 
     Args:
-        num_tokens: N, input tokens.
+        num_tokens: T, input tokens.
         dim: D, token width.
         num_tasks: K; the representation is repeated K times.
         num_cross_layers: number of cross layers.
-        low_rank: rank r of ``W_l = U_l V_l`` (torchrec suggests r ≈ N·D / 4), or None for full ``(N·D)²`` matrices.
+        low_rank: rank r of ``W_l = U_l V_l`` (torchrec suggests r ≈ T·D / 4), or None for full ``(T·D)²`` matrices.
         hidden: widths of the deep MLP (Linear + ReLU each).
         structure: ``"stacked"`` (MLP on the cross output) or ``"parallel"`` (concat of cross output and MLP(x_0)).
         device: parameter device.
         dtype: parameter dtype.
 
-    Shapes: ``B x N x D`` -> ``B x K x out_dim``; ``out_dim`` = ``hidden[-1]`` (stacked) or
-    ``N·D + hidden[-1]`` (parallel).
+    Shapes: ``B x T x D`` -> ``B x K x out_dim``; ``out_dim`` = ``hidden[-1]`` (stacked) or
+    ``T·D + hidden[-1]`` (parallel).
 
     Example::
 
@@ -82,7 +82,7 @@ class DCNv2(nn.Module):
         self.deep, deep_out = _mlp(width, hidden, device, dtype)
         self.out_dim = width + deep_out if self.parallel else deep_out
         # torchrec's cross nets take no device/dtype arguments; the default-device context keeps a meta build
-        # from allocating the (N·D)² kernels on the CPU first.
+        # from allocating the (T·D)² kernels on the CPU first.
         with torch.device(device) if device is not None else contextlib.nullcontext():
             cross = (
                 CrossNet(width, num_cross_layers)
@@ -101,8 +101,8 @@ class DCNv2(nn.Module):
                 nn.init.xavier_normal_(param)
 
     def forward(self, tokens: Tensor) -> Tensor:
-        x0 = tokens.flatten(1)  # (B, N·D)
-        crossed = self.cross(x0)  # (B, N·D)
+        x0 = tokens.flatten(1)  # (B, T·D)
+        crossed = self.cross(x0)  # (B, T·D)
         y = torch.cat([crossed, self.deep(x0)], dim=1) if self.parallel else self.deep(crossed)  # (B, out_dim)
         return y.unsqueeze(1).expand(-1, self.num_tasks, -1)  # (B, K, out_dim)
 
@@ -112,14 +112,14 @@ class DotInteraction(nn.Module):
     """DLRM interaction: dot products of all token pairs (i < j) concatenated with the dense token, then an MLP.
 
     Args:
-        num_tokens: N, input tokens; token 0 must be the dense-feature token (the caller's order puts it first).
+        num_tokens: T, input tokens; token 0 must be the dense-feature token (the caller's order puts it first).
         dim: D, token width.
         num_tasks: K; the representation is repeated K times.
         hidden: widths of the over-MLP (Linear + ReLU each).
         device: parameter device.
         dtype: parameter dtype.
 
-    Shapes: ``B x N x D`` -> ``B x K x out_dim``; the MLP input is ``D + N(N-1)/2`` wide, ``out_dim`` =
+    Shapes: ``B x T x D`` -> ``B x K x out_dim``; the MLP input is ``D + T(T-1)/2`` wide, ``out_dim`` =
     ``hidden[-1]``.
 
     Example::
@@ -145,8 +145,8 @@ class DotInteraction(nn.Module):
         self.over, self.out_dim = _mlp(dim + num_tokens * (num_tokens - 1) // 2, hidden, device, dtype)
 
     def forward(self, tokens: Tensor) -> Tensor:
-        gram = torch.bmm(tokens, tokens.transpose(1, 2))  # (B, N, N)
+        gram = torch.bmm(tokens, tokens.transpose(1, 2))  # (B, T, T)
         # Built per call (tiny) rather than as a buffer, so modules created on the meta device need no fix-up.
         rows, cols = torch.triu_indices(self.num_tokens, self.num_tokens, offset=1, device=tokens.device)
-        z = torch.cat([tokens[:, 0], gram[:, rows, cols]], dim=1)  # (B, D + N(N-1)/2)
+        z = torch.cat([tokens[:, 0], gram[:, rows, cols]], dim=1)  # (B, D + T(T-1)/2)
         return self.over(z).unsqueeze(1).expand(-1, self.num_tasks, -1)  # (B, K, out_dim)

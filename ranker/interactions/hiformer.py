@@ -9,11 +9,12 @@ All three are ``AttentionInteraction`` stacks and differ only in their projectio
 
 ``query_mode="composite"`` makes Hiformer's query composite too (an open reading of the paper, see
 docs/hiformer.md).
-The composite key/value map the flattened ``B x (T·D)`` sequence, so each key and value depends on every feature.
+The composite key/value map the flattened ``B x (S·D)`` sequence, so each key and value depends on every feature.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -135,7 +136,7 @@ def hiformer(
     """Hiformer: heterogeneous queries, composite (low-rank) keys/values, shared output, token-specific FFNs.
 
     Args:
-        num_tokens: N, feature tokens per example (task tokens excluded).
+        num_tokens: T, feature tokens per example (task tokens excluded).
         dim: D, token width.
         num_tasks: K, learned task tokens appended in the last K slots; their final states are returned.
         num_layers: number of attention layers.
@@ -144,7 +145,7 @@ def hiformer(
         value_dim: d_v, per-head value width (default d_k).
         ffn_hidden: hidden width of the token-specific FFNs (default 4·D).
         rank_k: rank of the composite key projection (and of the query one when ``query_mode="composite"``);
-            None = full ``(T·D) x (T·H·d_k)`` matrix, quadratic in T = N + K.
+            None = full ``(S·D) x (S·H·d_k)`` matrix, quadratic in S = T + K.
         rank_v: rank of the composite value projection; None = full.
         query_mode: ``"hetero"`` (token-specific queries) or ``"composite"`` (queries from the composite map).
         dropout: on attention weights and residual branches.
@@ -155,10 +156,18 @@ def hiformer(
         dtype: parameter dtype.
 
     Returns:
-        Module mapping ``B x N x D`` to ``B x K x D`` (``out_dim`` = D).
+        Module mapping ``B x T x D`` to ``B x K x D`` (``out_dim`` = D).
     """
     if query_mode not in ("hetero", "composite"):
         raise ValueError(f"query_mode must be 'hetero' or 'composite', got {query_mode!r}")
+    width = (num_tokens + num_tasks) * dim
+    for label, rank in (("rank_k", rank_k), ("rank_v", rank_v)):
+        if rank is not None and rank >= width:
+            warnings.warn(
+                f"hiformer {label}={rank} >= (T + K)·D = {width}: the factorised composite projection cannot "
+                f"compress and costs more than the full matrix ({label}=None); pick a rank well below {width}",
+                stacklevel=2,
+            )
     return _attention_stack(
         num_tokens=num_tokens,
         dim=dim,
@@ -204,7 +213,7 @@ def hetero_attention(
         As :func:`hiformer`, without ``rank_k``, ``rank_v`` and ``query_mode``.
 
     Returns:
-        Module mapping ``B x N x D`` to ``B x K x D`` (``out_dim`` = D).
+        Module mapping ``B x T x D`` to ``B x K x D`` (``out_dim`` = D).
     """
     return _attention_stack(
         num_tokens=num_tokens,
@@ -251,7 +260,7 @@ def transformer(
         As :func:`hiformer`, without ``rank_k``, ``rank_v`` and ``query_mode``.
 
     Returns:
-        Module mapping ``B x N x D`` to ``B x K x D`` (``out_dim`` = D).
+        Module mapping ``B x T x D`` to ``B x K x D`` (``out_dim`` = D).
     """
     return _attention_stack(
         num_tokens=num_tokens,

@@ -1,8 +1,8 @@
 """Tests for ranker.interactions: the registry contract, Hiformer's exact properties and the baselines' formulas.
 
 Equivalence tests run in float64 so that a tolerance of 1e-9 separates "same computation" from "similar".
-Sizes follow the reference test config: N = 9 feature tokens (+ K task tokens), D = 16, H = 2, d_k = d_v = 8,
-2 layers, ranks 8 / 16.
+Sizes follow the reference test config: 9 input tokens (``N`` here, T in the package glossary) plus K task tokens,
+D = 16, H = 2, d_k = d_v = 8, 2 layers, ranks 8 / 16.
 """
 
 from __future__ import annotations
@@ -146,12 +146,17 @@ def test_registry_rejects_unknown_and_duplicate_names_and_kwargs() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"norm": "mid"}, {"query_mode": "shared"}, {"num_heads": 3}, {"num_tasks": 0}],
+    [{"norm": "mid"}, {"query_mode": "shared"}, {"num_heads": 3, "head_dim": None}, {"num_tasks": 0}],
     ids=["norm", "query_mode", "heads", "tasks"],
 )
 def test_hiformer_rejects_bad_arguments(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
-        create("hiformer", **{"num_tokens": N, "dim": D, "num_tasks": 1, **kwargs})
+        build("hiformer", **kwargs)
+
+
+def test_hiformer_warns_about_ranks_that_cannot_compress() -> None:
+    with pytest.warns(UserWarning, match="rank_v=160 >= "):
+        build("hiformer", rank_v=(N + 1) * D)
 
 
 def test_wrong_token_count_is_reported() -> None:
@@ -228,6 +233,7 @@ def test_block_diagonal_composite_equals_heterogeneous_attention() -> None:
     torch.testing.assert_close(hiformer(x), hetero(x), rtol=0, atol=1e-10)
 
 
+@pytest.mark.filterwarnings("ignore:hiformer rank_:UserWarning")  # the oversized rank is the point here
 @pytest.mark.parametrize("query_mode", ["hetero", "composite"])
 def test_low_rank_with_sufficient_rank_reproduces_full_composite(query_mode: str) -> None:
     """(c) Rank >= T·H·d_k factors from the SVD of the full composite matrices give the full model's output."""
