@@ -124,8 +124,8 @@ def hiformer(
     head_dim: int | None = None,
     value_dim: int | None = None,
     ffn_hidden: int | None = None,
-    rank_k: int | None = 128,
-    rank_v: int | None = 256,
+    rank_k: int | Literal["auto"] | None = "auto",
+    rank_v: int | Literal["auto"] | None = "auto",
     query_mode: Literal["hetero", "composite"] = "hetero",
     dropout: float = 0.0,
     norm: Literal["pre", "post"] = "pre",
@@ -145,8 +145,10 @@ def hiformer(
         value_dim: d_v, per-head value width (default d_k).
         ffn_hidden: hidden width of the token-specific FFNs (default 4·D).
         rank_k: rank of the composite key projection (and of the query one when ``query_mode="composite"``);
-            None = full ``(S·D) x (S·H·d_k)`` matrix, quadratic in S = T + K.
-        rank_v: rank of the composite value projection; None = full.
+            None = full ``(S·D) x (S·H·d_k)`` matrix, quadratic in S = T + K; ``"auto"`` = 2·D, or full where
+            that would not compress (2·D >= S·D).
+        rank_v: rank of the composite value projection; None = full; ``"auto"`` = 4·D (the paper gives values
+            the larger rank), or full where that would not compress.
         query_mode: ``"hetero"`` (token-specific queries) or ``"composite"`` (queries from the composite map).
         dropout: on attention weights and residual branches.
         norm: ``"pre"`` (pre-LN, with a final LayerNorm) or ``"post"`` (post-LN).
@@ -161,20 +163,25 @@ def hiformer(
     if query_mode not in ("hetero", "composite"):
         raise ValueError(f"query_mode must be 'hetero' or 'composite', got {query_mode!r}")
     width = (num_tokens + num_tasks) * dim
-    for label, rank in (("rank_k", rank_k), ("rank_v", rank_v)):
+    ranks: dict[str, int | None] = {}
+    for label, rank, auto in (("rank_k", rank_k, 2 * dim), ("rank_v", rank_v, 4 * dim)):
+        if rank == "auto":
+            ranks[label] = auto if auto < width else None
+            continue
         if rank is not None and rank >= width:
             warnings.warn(
                 f"hiformer {label}={rank} >= (T + K)·D = {width}: the factorised composite projection cannot "
                 f"compress and costs more than the full matrix ({label}=None); pick a rank well below {width}",
                 stacklevel=2,
             )
+        ranks[label] = rank
     return _attention_stack(
         num_tokens=num_tokens,
         dim=dim,
         num_tasks=num_tasks,
-        query=_Mixing("token") if query_mode == "hetero" else _Mixing("composite", rank_k),
-        key=_Mixing("composite", rank_k),
-        value=_Mixing("composite", rank_v),
+        query=_Mixing("token") if query_mode == "hetero" else _Mixing("composite", ranks["rank_k"]),
+        key=_Mixing("composite", ranks["rank_k"]),
+        value=_Mixing("composite", ranks["rank_v"]),
         out=_Mixing("shared"),
         shared_ffn=False,
         num_layers=num_layers,

@@ -154,6 +154,14 @@ def test_hiformer_rejects_bad_arguments(kwargs: dict[str, Any]) -> None:
         build("hiformer", **kwargs)
 
 
+@pytest.mark.parametrize(("num_tokens", "ranks"), [(9, (32, 64)), (2, (32, None)), (1, (None, None))])
+def test_hiformer_auto_ranks(num_tokens: int, ranks: tuple[int | None, int | None]) -> None:
+    """ "auto" = 2·D / 4·D, or the full matrix where that rank would not compress ((T + K)·D <= rank)."""
+    model = create("hiformer", num_tokens=num_tokens, dim=D, num_tasks=1)
+    layer: AttentionLayer = model.layers[0]
+    assert (layer.key.rank, layer.value.rank) == ranks
+
+
 def test_hiformer_warns_about_ranks_that_cannot_compress() -> None:
     with pytest.warns(UserWarning, match="rank_v=160 >= "):
         build("hiformer", rank_v=(N + 1) * D)
