@@ -70,7 +70,7 @@ def _png(fig: Figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _value(entry: Mapping[str, Any] | None, metric: str) -> float | None:
+def metric_value(entry: Mapping[str, Any] | None, metric: str) -> float | None:
     """A metric's value from a task entry, None when the scope has no metrics or the metric is undefined."""
     if entry is None or entry.get("metrics") is None:
         return None
@@ -92,7 +92,7 @@ def roc_figure(metrics: Mapping[str, Any], task: str) -> Figure:
         fig, ax = plt.subplots(figsize=(4.6, 4.2))
         ax.plot([0, 1], [0, 1], ls="--", lw=1, color="#adb5bd", label="random")
         for name, entry in _scoped_entries(metrics, task).items():
-            auc = _value(entry, "auc")
+            auc = metric_value(entry, "auc")
             label = f"{name}  AUC {auc:.4f}" if auc is not None else f"{name}  AUC n/a"
             ax.plot(
                 entry["roc"]["fpr"],
@@ -129,7 +129,7 @@ def reliability_figure(metrics: Mapping[str, Any], task: str) -> Figure:
                 continue
             s, r, n = (np.array(v, dtype=float) for v in zip(*points, strict=True))
             err = np.sqrt(np.clip(r * (1 - r), 1e-12, None) / np.maximum(n, 1))
-            cal = _value(entry, "calibration")
+            cal = metric_value(entry, "calibration")
             label = f"{name}  calibration {cal:.3f}" if cal is not None else name
             ax.errorbar(s, r, yerr=err, fmt="o-", ms=4, lw=1.4, capsize=2, color=COLORS[name], label=label)
             top = max(top, float(s.max()), float((r + err).max()))
@@ -190,7 +190,7 @@ def forest_figure(scopes: Mapping[str, Mapping[str, Any]], overall: Mapping[str,
         fig, axes = plt.subplots(1, 2, figsize=(7.6, 1.1 + 0.32 * len(names)), sharey=True, squeeze=False)
         y = np.arange(len(names))[::-1]
         for ax, metric in zip(axes[0], ("auc", "ne"), strict=True):
-            reference = _value(overall, metric)
+            reference = metric_value(overall, metric)
             if reference is not None:
                 ax.axvline(reference, color=COLORS["overall"], lw=1.2, ls="--", label=f"overall {reference:.4f}")
                 ax.legend(loc="lower right" if metric == "auc" else "lower left", fontsize=8)
