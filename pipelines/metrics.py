@@ -167,23 +167,8 @@ def log_loss(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None 
 
 
 def _binary_entropy(p: float) -> float:
+    """Entropy (nats) of a Bernoulli(p); NaN unless 0 < p < 1, where NE is undefined."""
     return -(p * math.log(p) + (1.0 - p) * math.log1p(-p)) if 0.0 < p < 1.0 else math.nan
-
-
-def normalized_entropy(
-    scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None, eps: float = 1e-7
-) -> float | None:
-    """Logloss divided by the entropy of the weighted base rate; ``None`` when the base rate is 0 or 1."""
-    w = _as_weights(weights, len(scores))
-    value = log_loss(scores, labels, w, eps) / _binary_entropy(float(np.dot(w, labels) / w.sum()))
-    return None if math.isnan(value) else value
-
-
-def calibration(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> float | None:
-    """Sum of weighted scores over sum of weighted labels; ``None`` without positives."""
-    w = _as_weights(weights, len(scores))
-    positives = float(np.dot(w, labels))
-    return float(np.dot(w, scores)) / positives if positives > 0 else None
 
 
 def reliability_curve(
@@ -218,8 +203,13 @@ def reliability_curve(
     }
 
 
+def _finite_or_none(value: float) -> float | None:
+    """JSON-safe value: undefined metrics (NaN) become None."""
+    return float(value) if math.isfinite(value) else None
+
+
 def _nan_to_none(values: np.ndarray) -> list[float | None]:
-    return [None if math.isnan(v) else float(v) for v in values]
+    return [_finite_or_none(v) for v in values]
 
 
 @dataclass(frozen=True)
@@ -384,16 +374,24 @@ def discover_tasks(columns: Iterable[str], score_prefix: str = SCORE_PREFIX) -> 
 
 
 def _dense_codes(values: pl.Series) -> tuple[np.ndarray, int]:
-    """Codes ``0..n-1`` in ascending value order, and ``n``; polars' rank keeps the sort off the numpy heap."""
+    """Codes ``0..n-1`` in ascending value order (nulls get ``n``) and ``n``, the number of distinct non-null values.
+
+    polars' rank keeps the sort's temporaries off the numpy heap.
+    """
     ranks = values.rank("dense")
-    return (ranks - 1).cast(pl.Int32).to_numpy(), int(ranks.max() or 0)
+    n = int(ranks.max() or 0)
+    return (ranks - 1).fill_null(n).cast(pl.Int32).to_numpy(), n
 
 
-def _numeric(df: pl.DataFrame, name: str, dtype: type) -> np.ndarray:
+def _non_null(df: pl.DataFrame, name: str) -> pl.Series:
     column = df.get_column(name)
     if column.null_count():
         raise ValueError(f"column {name!r} has {column.null_count()} nulls")
-    return column.to_numpy().astype(dtype, copy=False)
+    return column
+
+
+def _numeric(df: pl.DataFrame, name: str, dtype: type) -> np.ndarray:
+    return _non_null(df, name).to_numpy().astype(dtype, copy=False)
 
 
 def _check_task(labels: np.ndarray, scores: list[np.ndarray], task: str) -> None:
@@ -406,8 +404,8 @@ def _check_task(labels: np.ndarray, scores: list[np.ndarray], task: str) -> None
 
 def _slice_codes(column: pl.Series) -> tuple[np.ndarray, list[Any]]:
     """Dense codes in sorted value order, nulls last (as their own value)."""
+    codes, _ = _dense_codes(column)
     values: list[Any] = column.drop_nulls().unique().sort().to_list()
-    codes = (column.rank("dense") - 1).fill_null(len(values)).to_numpy().astype(np.int32)
     if column.null_count():
         values.append(None)
     return codes, values
@@ -446,7 +444,7 @@ def _load(
         df = joined
         score_cols[1] = [renamed[c] for c in score_cols[1]]
 
-    groups, n_groups = _dense_codes(pl.Series(_numeric(df, GROUP_COLUMN, np.int64)))
+    groups, n_groups = _dense_codes(_non_null(df, GROUP_COLUMN))
     labels = {t: _numeric(df, LABEL_PREFIX + t, np.int8) for t in tasks}
     # float32 scores stay float32 (half the memory); ties are judged at the stored precision.
     scores = [
@@ -543,8 +541,6 @@ def _metric_vector(stats: _TaskStats, multiplicity: np.ndarray) -> np.ndarray:
     if stats.sorted_weights is not None:
         row_mult = row_mult * stats.sorted_weights
     logloss = _ratio(s[_WLL], s[_W])
-    n_k = (len(s) - _RANK_GROUPS - 1) // 2
-    ranking = [_ratio(v, s[_RANK_GROUPS]) for v in s[_RANK_GROUPS + 1 :]]
     return np.array(
         [
             _weighted_auc_sorted(stats.sorted_labels, row_mult, stats.tie_starts),
@@ -552,8 +548,7 @@ def _metric_vector(stats: _TaskStats, multiplicity: np.ndarray) -> np.ndarray:
             logloss,
             logloss / _binary_entropy(_ratio(s[_WY], s[_W])),
             _ratio(s[_WP], s[_WY]),
-            *ranking[:n_k],
-            *ranking[n_k:],
+            *(_ratio(v, s[_RANK_GROUPS]) for v in s[_RANK_GROUPS + 1 :]),  # NDCG@k then Recall@k, as the columns
         ]
     )
 
@@ -567,8 +562,9 @@ def _roc_points(stats: _TaskStats, max_points: int) -> dict[str, list[float]]:
     fpr = np.concatenate([[0.0], np.cumsum(neg)]) / max(neg.sum(), 1e-300)
     if len(tpr) > max_points:
         # Evenly spaced along the curve (fpr + tpr grows monotonically from 0 to 2), endpoints kept.
-        keep = np.unique(np.searchsorted(fpr + tpr, np.linspace(0.0, 2.0, max_points)).clip(0, len(tpr) - 1))
-        tpr, fpr = tpr[np.union1d(keep, [0, len(tpr) - 1])], fpr[np.union1d(keep, [0, len(fpr) - 1])]
+        along = np.searchsorted(fpr + tpr, np.linspace(0.0, 2.0, max_points)).clip(0, len(tpr) - 1)
+        keep = np.union1d(along, [0, len(tpr) - 1])
+        tpr, fpr = tpr[keep], fpr[keep]
     return {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
 
 
@@ -583,7 +579,7 @@ def _bootstrap(stats: Sequence[_TaskStats], n_groups: int, cfg: EvalConfig, scop
     same draws (a paired bootstrap) without holding all of them in memory at once.
     """
     rng = np.random.default_rng(_scope_rng_seed(cfg, scope_key))
-    out = [np.empty((cfg.n_bootstrap, 5 + 2 * len(cfg.ks))) for _ in stats]
+    out = [np.empty((cfg.n_bootstrap, len(metric_names(cfg.ks)))) for _ in stats]
     for b in range(cfg.n_bootstrap):
         multiplicity = np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups).astype(np.float64)
         for st, replicates in zip(stats, out, strict=True):
@@ -598,6 +594,31 @@ def _interval(replicates: np.ndarray, level: float) -> tuple[float | None, float
         return None, None
     lo, hi = np.quantile(finite, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
     return float(lo), float(hi)
+
+
+def point_metrics(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+    config: EvalConfig | None = None,
+) -> dict[str, float | None]:
+    """Every metric of one task on in-memory arrays, without intervals (e.g. a validation step in training).
+
+    Args:
+        scores, labels, weights: per row, as in the predictions contract.
+        groups: group ids per row (any sortable values); None puts all rows in one group.
+        config: only ``ks`` and ``eps`` are used.
+
+    Returns:
+        ``{metric name: value or None when undefined}`` in ``metric_names`` order, equal to ``evaluate``'s values.
+    """
+    cfg = config or EvalConfig()
+    codes, n_groups = _dense_codes(pl.Series(np.zeros(len(scores), np.int32) if groups is None else groups))
+    labels = np.asarray(labels, dtype=np.int8)
+    stats = _task_stats(codes, n_groups, np.asarray(scores), labels, weights, cfg)
+    values = _metric_vector(stats, np.ones(n_groups))
+    return {name: _finite_or_none(v) for name, v in zip(metric_names(cfg.ks), values, strict=True)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -624,10 +645,6 @@ DIRECTIONS = {
     "ndcg": "higher",
     "recall": "higher",
 }
-
-
-def _finite_or_none(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
 
 
 @dataclass(frozen=True)

@@ -441,3 +441,26 @@ def test_tasks_are_discovered_from_columns() -> None:
     df = synthetic_predictions(n_rows=100).with_columns(pl.lit(0, dtype=pl.Int8).alias("label_orphan"))
     assert M.discover_tasks(df.columns) == ["click", "like"]
     assert M.evaluate(df, tasks=["like"], config=FAST)["data"]["tasks"] == ["like"]
+
+
+def test_point_metrics_on_arrays_equal_evaluate() -> None:
+    df = synthetic_predictions()
+    expected = M.evaluate(df, config=FAST)["overall"]["tasks"]["like"]["metrics"]
+    got = M.point_metrics(
+        df["score_like"].to_numpy(),
+        df["label_like"].to_numpy(),
+        df["group_id"].to_numpy(),
+        df["weight"].to_numpy(),
+        FAST,
+    )
+    assert got == {name: entry["value"] for name, entry in expected.items()}
+    ungrouped = M.point_metrics(df["score_like"].to_numpy(), df["label_like"].to_numpy())
+    assert ungrouped["gauc"] == pytest.approx(ungrouped["auc"], rel=1e-12)  # one group: GAUC is AUC
+
+
+def test_boolean_and_integer_slice_columns() -> None:
+    df = synthetic_predictions(n_rows=500).with_columns((pl.col("surface") == 1).alias("is_home"))
+    result = M.evaluate(df, slice_columns=["is_home"], config=M.EvalConfig(n_bootstrap=0, min_slice_size=1))
+    scopes = result["slices"]["is_home"]
+    assert list(scopes) == ["false", "true"]
+    assert scopes["true"]["n_rows"] == df["is_home"].sum()
