@@ -22,6 +22,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -34,6 +35,7 @@ import torch.distributed.checkpoint as dcp
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
+from features.batch import RankBatch
 from features.images import load_images
 from features.loader import RankLoader
 from features.processor import FeatureMap, processed_files
@@ -52,7 +54,8 @@ COMPLETE = "COMPLETE"
 @dataclass(frozen=True)
 class OptimConfig:
     dense_lr: float = 1e-3
-    sparse_lr: float = 0.05  # fused row-wise Adagrad on the embedding tables
+    sparse_lr: float = 0.05
+    sparse_optimizer: Literal["rowwise_adagrad", "adagrad", "sgd"] = "rowwise_adagrad"  # fused, in the backward
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max global norm of the dense gradients; 0 disables
     warmup_steps: int = 50
@@ -110,41 +113,42 @@ def _lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _gather_predictions(model: torch.nn.Module, loader: RankLoader, device: torch.device) -> dict[str, np.ndarray]:
-    """This rank's probabilities, labels and weights on ``loader`` (padding rows included, weight 0)."""
-    probs, labels, weights = [], [], []
-    model.eval()
+def predict(loader: RankLoader, logits_fn: Callable[[RankBatch], torch.Tensor]) -> dict[str, np.ndarray]:
+    """Probabilities, labels, weights and groups over ``loader`` (padding rows included, with weight 0)."""
+    probs, labels, weights, groups = [], [], [], []
     with torch.no_grad():
         for batch in loader:
-            _, (_, logits, batch_labels) = model(batch.to(device))
-            probs.append(torch.sigmoid(logits.float()).cpu())
-            labels.append(batch_labels.cpu())
+            probs.append(torch.sigmoid(logits_fn(batch).float()).cpu())
+            labels.append(batch.labels)
             weights.append(batch.weights)
-    model.train()
-    return {"p": torch.cat(probs).numpy(), "y": torch.cat(labels).numpy(), "w": torch.cat(weights).numpy()}
+            groups.append(batch.group_ids)
+    return {k: torch.cat(v).numpy() for k, v in (("p", probs), ("y", labels), ("w", weights), ("g", groups))}
 
 
-def task_metrics(p: np.ndarray, y: np.ndarray, w: np.ndarray, tasks: tuple[str, ...]) -> dict[str, float | None]:
-    """AUC / logloss / NE per task over rows with positive weight (``p``, ``y``: rows x K)."""
-    keep = w > 0
+TRAINING_METRICS = ("auc", "gauc", "logloss", "ne", "calibration")
+
+
+def task_metrics(pred: dict[str, np.ndarray], tasks: tuple[str, ...]) -> dict[str, float | None]:
+    """Exact AUC, GAUC, logloss, NE and calibration per task over rows of positive weight (``p``, ``y``: rows x K)."""
+    keep = pred["w"] > 0
     out: dict[str, float | None] = {}
     for k, task in enumerate(tasks):
-        pk, yk = p[keep, k].astype(np.float64), y[keep, k]
-        out[f"{task}/auc"] = M.auc(pk, yk)
-        out[f"{task}/logloss"] = M.log_loss(pk, yk)
-        out[f"{task}/ne"] = M.normalized_entropy(pk, yk)
+        values = M.point_metrics(pred["p"][keep, k].astype(np.float64), pred["y"][keep, k], pred["g"][keep])
+        out.update({f"{task}/{name}": values[name] for name in TRAINING_METRICS})
     return out
 
 
 def validate(model: torch.nn.Module, loader: RankLoader, device: torch.device, tasks: tuple[str, ...]) -> dict:
     """Exact metrics over every rank's share: predictions gathered to rank 0, results broadcast to all."""
-    local = _gather_predictions(model, loader, device)
+    model.eval()
+    local = predict(loader, lambda batch: model(batch.to(device))[1][1])
+    model.train()
     gathered: list[dict[str, np.ndarray] | None] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, local)
     result: list[dict | None] = [None]
     if dist.get_rank() == 0:
-        cat = {k: np.concatenate([g[k] for g in gathered if g is not None]) for k in ("p", "y", "w")}
-        result[0] = task_metrics(cat["p"], cat["y"], cat["w"], tasks)
+        cat = {k: np.concatenate([g[k] for g in gathered if g is not None]) for k in ("p", "y", "w", "g")}
+        result[0] = task_metrics(cat, tasks)
     dist.broadcast_object_list(result, src=0)
     assert result[0] is not None
     return result[0]
@@ -213,7 +217,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at_step: int = 0) -> dict
     fmap = FeatureMap.load(features)
     images = np.asarray(load_images(features)) if cfg.model.vision else None
     model = RankerTrain(build_ranker(fmap, cfg.model, images, sparse_device=torch.device("meta")))
-    dmp = distribute(model, device, cfg.optim.sparse_lr, cfg.sharding_types, cfg.batch_size)
+    dmp = distribute(model, device, cfg.optim.sparse_lr, cfg.sharding_types, cfg.batch_size, cfg.optim.sparse_optimizer)
     dense = KeyedOptimizerWrapper(
         dict(in_backward_optimizer_filter(dmp.named_parameters())),
         lambda params: torch.optim.Adam(params, lr=cfg.optim.dense_lr, weight_decay=cfg.optim.weight_decay),
@@ -307,8 +311,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at_step: int = 0) -> dict
         export_dir = export.export_checkpoint(best, fmap, features, cfg.model, to_dict(cfg), out_dir / "export")
         model_cpu = export.load_exported(export_dir)
         test_loader = RankLoader(processed_files(features, "test"), fmap, cfg.eval_batch_size, mode="eval")
-        scored = _score_unsharded(model_cpu, test_loader)
-        results["test"] = task_metrics(scored["p"], scored["y"], scored["w"], fmap.labels)
+        scored = predict(test_loader, model_cpu)
+        results["test"] = task_metrics(scored, fmap.labels)
         results["export_dir"] = str(export_dir)
         (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
         tracker.metrics({f"test/{k}": v for k, v in results["test"].items()}, state.step)
@@ -318,16 +322,6 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at_step: int = 0) -> dict
     dist.broadcast_object_list(shared, src=0)
     assert shared[0] is not None
     return shared[0]
-
-
-def _score_unsharded(model: torch.nn.Module, loader: RankLoader) -> dict[str, np.ndarray]:
-    probs, labels, weights = [], [], []
-    with torch.no_grad():
-        for batch in loader:
-            probs.append(torch.sigmoid(model(batch)))
-            labels.append(batch.labels)
-            weights.append(batch.weights)
-    return {"p": torch.cat(probs).numpy(), "y": torch.cat(labels).numpy(), "w": torch.cat(weights).numpy()}
 
 
 def init_distributed() -> None:
@@ -343,7 +337,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--stop-at-step", type=int, default=0)
+    parser.add_argument(
+        "--stop-at-step",
+        type=int,
+        default=int(os.environ.get("RANKER_STOP_AT_STEP", 0)),
+        help="end right after the checkpoint at this step, as an interruption would (tests of --resume)",
+    )
     args = parser.parse_args(argv)
     cfg = load_config(args.config, parse_overrides(args.set))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))

@@ -24,9 +24,19 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 CPU_SHARDING_TYPES = ("table_wise", "column_wise", "table_column_wise", "data_parallel")
 
 
-def sharder(sparse_lr: float, eps: float = 1e-8) -> EmbeddingBagCollectionSharder:
+SPARSE_OPTIMIZERS = {
+    "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
+    "adagrad": EmbOptimType.EXACT_ADAGRAD,
+    "sgd": EmbOptimType.EXACT_SGD,
+}
+
+
+def sharder(sparse_lr: float, optimizer: str = "rowwise_adagrad", eps: float = 1e-8) -> EmbeddingBagCollectionSharder:
+    """A sharder whose tables update in the backward pass with a fused FBGEMM optimizer."""
+    if optimizer not in SPARSE_OPTIMIZERS:
+        raise ValueError(f"unknown sparse optimizer {optimizer!r}; CPU kernels support {sorted(SPARSE_OPTIMIZERS)}")
     return EmbeddingBagCollectionSharder(
-        fused_params={"optimizer": EmbOptimType.EXACT_ROWWISE_ADAGRAD, "learning_rate": sparse_lr, "eps": eps}
+        fused_params={"optimizer": SPARSE_OPTIMIZERS[optimizer], "learning_rate": sparse_lr, "eps": eps}
     )
 
 
@@ -73,12 +83,14 @@ def distribute(
     sparse_lr: float,
     sharding_types: Sequence[str] = (),
     batch_size: int = 1024,
+    sparse_optimizer: str = "rowwise_adagrad",
 ) -> DistributedModelParallel:
     """Wraps ``model`` (embedding tables on ``meta`` or a real device) in DistributedModelParallel."""
     pg = dist.GroupMember.WORLD
     assert pg is not None, "distribute() needs an initialised default process group"
     shard_plan = plan(model, dist.get_world_size(), device, sharding_types, batch_size, pg)
-    return DistributedModelParallel(module=model, device=device, plan=shard_plan, sharders=[sharder(sparse_lr)])
+    sharders = [sharder(sparse_lr, sparse_optimizer)]
+    return DistributedModelParallel(module=model, device=device, plan=shard_plan, sharders=sharders)  # type: ignore[list-item]
 
 
 def describe_plan(dmp: DistributedModelParallel) -> dict[str, str]:
