@@ -115,24 +115,47 @@ def _tie_starts(sorted_keys: Sequence[np.ndarray]) -> np.ndarray:
     return np.flatnonzero(change)
 
 
-def _weighted_auc_sorted(labels: np.ndarray, mult: np.ndarray, starts: np.ndarray) -> float:
-    """AUC of rows sorted by ascending score, with per-row multiplicity ``mult`` and tie runs starting at ``starts``.
+@dataclass(frozen=True)
+class _Ties:
+    """Rows of score-sorted data that share their score with a neighbour, with their run's first and last row.
 
-    For each run of tied scores, every positive beats the negatives below the run and ties with those in it (1/2).
-    Unweighted inputs only sum integers in float64, so the result is exact below 2**53 pairs. ``mult`` is
-    overwritten (callers pass a fresh array: it is as long as the data).
+    Only these rows need more than a running sum, and they are usually few.
+    """
+
+    rows: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
+
+    @classmethod
+    def of(cls, sorted_scores: np.ndarray) -> _Ties:
+        starts = _tie_starts([sorted_scores])
+        length = np.diff(np.append(starts, len(sorted_scores)))
+        tied = length > 1
+        first = np.repeat(starts[tied], length[tied])
+        return cls(
+            rows=np.flatnonzero(np.repeat(tied, length)),
+            first=first,
+            last=first + np.repeat(length[tied], length[tied]) - 1,
+        )
+
+
+def _weighted_auc_sorted(labels: np.ndarray, mult: np.ndarray, ties: _Ties) -> float:
+    """AUC of rows sorted by ascending score, with per-row multiplicity (weight) ``mult``.
+
+    Each positive counts the negatives below its score plus half of those tied with it. Unweighted inputs only sum
+    integers in float64, so the result is exact below 2**53 pairs. ``mult`` is overwritten (callers pass a fresh
+    array: it is as long as the data).
     """
     pos = mult * labels
-    if len(starts) < len(labels):  # without ties every row is its own run and the reductions are identities
-        pos, mult = np.add.reduceat(pos, starts), np.add.reduceat(mult, starts)
     neg = np.subtract(mult, pos, out=mult)
     total_pos, total_neg = pos.sum(), neg.sum()
     if total_pos <= 0 or total_neg <= 0:
         return math.nan
-    # Negatives strictly below a run plus half of those tied with it: cumsum(neg) - neg / 2; in place because
-    # these arrays are as long as the data.
-    below = np.cumsum(neg)
-    below -= np.multiply(neg, 0.5, out=neg)
+    cum = np.cumsum(neg)  # negatives at or below each row
+    # A tied run [first, last] sees the negatives below it plus half of its own: (cum_before_run + cum[last]) / 2.
+    tied = 0.5 * (cum[ties.first] - neg[ties.first] + cum[ties.last])
+    below = np.subtract(cum, np.multiply(neg, 0.5, out=neg), out=cum)  # an untied row: cum - neg / 2
+    below[ties.rows] = tied
     return float(np.dot(pos, below) / (total_pos * total_neg))
 
 
@@ -145,9 +168,7 @@ def auc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = Non
     order = np.argsort(scores, kind="stable")
     sorted_scores = np.asarray(scores)[order]
     value = _weighted_auc_sorted(
-        np.asarray(labels, dtype=np.float64)[order],
-        _as_weights(weights, len(order))[order],
-        _tie_starts([sorted_scores]),
+        np.asarray(labels, dtype=np.float64)[order], _as_weights(weights, len(order))[order], _Ties.of(sorted_scores)
     )
     return None if math.isnan(value) else value
 
@@ -491,7 +512,7 @@ class _TaskStats:
     sorted_groups: np.ndarray  # rows sorted by ascending score: group code,
     sorted_labels: np.ndarray  # label (int8) and
     sorted_weights: np.ndarray | None  # weight (None when unweighted);
-    tie_starts: np.ndarray  # first row of every run of tied scores
+    ties: _Ties
     n_gauc_groups: int
     n_ranking_groups: int
 
@@ -520,11 +541,11 @@ def _task_stats(
     sums += [np.nan_to_num(ranking.ndcg[k]) for k in cfg.ks] + [np.nan_to_num(ranking.recall[k]) for k in cfg.ks]
     order = np.argsort(scores, kind="stable")
     return _TaskStats(
-        group_sums=np.column_stack(sums),
+        group_sums=np.asfortranarray(np.column_stack(sums)),  # column-major: group_sums.T @ c is the fast product
         sorted_groups=groups[order],
         sorted_labels=labels[order],
         sorted_weights=None if weights is None else weights[order],
-        tie_starts=_tie_starts([scores[order]]),
+        ties=_Ties.of(scores[order]),
         n_gauc_groups=int(gauc_ok.sum()),
         n_ranking_groups=int(rank_ok.sum()),
     )
@@ -536,14 +557,14 @@ def _ratio(num: float, den: float) -> float:
 
 def _metric_vector(stats: _TaskStats, multiplicity: np.ndarray) -> np.ndarray:
     """All metrics (``metric_names`` order, NaN = undefined) with group ``g`` counted ``multiplicity[g]`` times."""
-    s = multiplicity @ stats.group_sums
+    s = stats.group_sums.T @ multiplicity
     row_mult = multiplicity[stats.sorted_groups]
     if stats.sorted_weights is not None:
         row_mult = row_mult * stats.sorted_weights
     logloss = _ratio(s[_WLL], s[_W])
     return np.array(
         [
-            _weighted_auc_sorted(stats.sorted_labels, row_mult, stats.tie_starts),
+            _weighted_auc_sorted(stats.sorted_labels, row_mult, stats.ties),
             _ratio(s[_GAUC_NUM], s[_GAUC_DEN]),
             logloss,
             logloss / _binary_entropy(_ratio(s[_WY], s[_W])),
@@ -556,10 +577,14 @@ def _metric_vector(stats: _TaskStats, multiplicity: np.ndarray) -> np.ndarray:
 def _roc_points(stats: _TaskStats, max_points: int) -> dict[str, list[float]]:
     """ROC curve (threshold sweeping down from the top score), thinned to about ``max_points`` points."""
     mult = np.ones(len(stats.sorted_labels)) if stats.sorted_weights is None else stats.sorted_weights
-    pos = np.add.reduceat(mult * stats.sorted_labels, stats.tie_starts)[::-1]
-    neg = np.add.reduceat(mult, stats.tie_starts)[::-1] - pos
-    tpr = np.concatenate([[0.0], np.cumsum(pos)]) / max(pos.sum(), 1e-300)
-    fpr = np.concatenate([[0.0], np.cumsum(neg)]) / max(neg.sum(), 1e-300)
+    pos = mult * stats.sorted_labels
+    # Thresholds sit between runs of tied scores: keep the first row of each run, sweeping from the top score down.
+    run_first = np.ones(len(pos), dtype=bool)
+    run_first[stats.ties.rows] = stats.ties.rows == stats.ties.first
+    # Rows at or above row i's score are the suffix from i: true/false positives at that threshold.
+    tp = np.append(0.0, np.cumsum(pos[::-1])[::-1][run_first][::-1])
+    fp = np.append(0.0, np.cumsum((mult - pos)[::-1])[::-1][run_first][::-1])
+    tpr, fpr = tp / max(tp[-1], 1e-300), fp / max(fp[-1], 1e-300)
     if len(tpr) > max_points:
         # Evenly spaced along the curve (fpr + tpr grows monotonically from 0 to 2), endpoints kept.
         along = np.searchsorted(fpr + tpr, np.linspace(0.0, 2.0, max_points)).clip(0, len(tpr) - 1)

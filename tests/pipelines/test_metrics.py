@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sklearn.metrics import log_loss, ndcg_score, roc_auc_score
+from sklearn.metrics import log_loss, ndcg_score, roc_auc_score, roc_curve
 
 from pipelines import metrics as M
 
@@ -113,6 +113,19 @@ def test_auc_matches_torchrec_without_ties() -> None:
     assert len(torch.unique(s)) == len(s)
     expected = float(auc_mod.compute_auc(1, [s[None]], [y[None]], [w[None]])[0])  # n_tasks x n_examples
     assert M.auc(s.numpy(), y.numpy(), w.numpy()) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_roc_curve_matches_sklearn(weighted: bool) -> None:
+    df = synthetic_predictions(weighted=weighted, score_decimals=2)  # ties: thresholds are distinct scores
+    result = M.evaluate(df, config=M.EvalConfig(n_bootstrap=0, roc_points=10_000))
+    y, s = df["label_click"].to_numpy(), df["score_click"].to_numpy()
+    fpr, tpr, _ = roc_curve(y, s, sample_weight=df["weight"].to_numpy() if weighted else None, drop_intermediate=False)
+    roc = result["overall"]["tasks"]["click"]["roc"]
+    np.testing.assert_allclose(roc["fpr"], fpr, atol=1e-12)
+    np.testing.assert_allclose(roc["tpr"], tpr, atol=1e-12)
+    thinned = M.evaluate(df, config=M.EvalConfig(n_bootstrap=0, roc_points=20))["overall"]["tasks"]["click"]["roc"]
+    assert len(thinned["fpr"]) <= 21 and thinned["fpr"][0] == 0.0 and thinned["tpr"][-1] == pytest.approx(1.0)
 
 
 def test_logloss_clips_scores_of_zero_and_one() -> None:
