@@ -130,7 +130,7 @@ class EETViT(nn.Module):
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(images)  # (B, G*G, D)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + G*G, D)
         return x + self.pos_embed  # (B, 1 + G*G, D)
 
     def forward_pruned(
@@ -177,7 +177,7 @@ def mask_patches(images: torch.Tensor, patch_idx: torch.Tensor, patch_size: int)
     B, _, H, W = images.shape
     grid_h, grid_w = H // patch_size, W // patch_size
     keep = torch.ones(B, grid_h * grid_w, device=images.device, dtype=images.dtype)
-    keep = keep.scatter(1, patch_idx, 0.0).view(B, 1, grid_h, grid_w)
+    keep = keep.scatter(1, patch_idx, 0.0).view(B, 1, grid_h, grid_w)  # (B, 1, G_h, G_w), 0 on masked patches
     keep = keep.repeat_interleave(patch_size, dim=2).repeat_interleave(patch_size, dim=3)  # (B, 1, H, W)
     return images * keep
 

@@ -90,7 +90,7 @@ class ConvNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: B x C_in x H x W -> B x H' x W' x C_out."""
-        return self.norm(self.conv(x).permute(0, 2, 3, 1))
+        return self.norm(self.conv(x).permute(0, 2, 3, 1))  # (B, H', W', C_out)
 
 
 class EfficientModStage(nn.Module):
@@ -138,7 +138,7 @@ class EfficientModStage(nn.Module):
         x = x.reshape(B, H * W, C)  # (B, N, C) tokens for attention
         for blk in self.attn_blocks:
             x = blk(x)
-        return x.reshape(B, H, W, C)
+        return x.reshape(B, H, W, C)  # back to the feature map
 
 
 class EfficientMod(nn.Module):

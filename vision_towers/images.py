@@ -37,5 +37,5 @@ def prepare_images(images_uint8: torch.Tensor | np.ndarray, in_chans: int, img_s
     if x.shape[1] == in_chans:
         return x
     if x.shape[1] == 1:
-        return x.expand(-1, in_chans, -1, -1).contiguous()
+        return x.expand(-1, in_chans, -1, -1).contiguous()  # (B, in_chans, img_size, img_size)
     raise ValueError(f"cannot map {x.shape[1]} input channels to in_chans={in_chans}")

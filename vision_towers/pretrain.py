@@ -62,7 +62,7 @@ def train_classifier(
     opt = torch.optim.AdamW((p for p in tower.parameters() if p.requires_grad), lr=lr, weight_decay=0.05)
     steps = epochs * math.ceil(len(labels) / batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    y_all = torch.as_tensor(labels, dtype=torch.long)
+    y_all = torch.tensor(labels, dtype=torch.long)
     losses = []
     tower.train()
     for _ in range(epochs):
@@ -84,11 +84,12 @@ def train_classifier(
 def evaluate(tower: nn.Module, images_uint8: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> float:
     """Top-1 accuracy of ``tower.classify(tower(images))`` on n x 28 x 28 uint8 photos."""
     tower.eval()
+    y_all = torch.tensor(labels, dtype=torch.long)
     correct = 0
     for start in range(0, len(labels), batch_size):
         x = prepare_images(images_uint8[start : start + batch_size], tower.in_chans, tower.img_size)
         pred = tower.classify(tower(x)).argmax(dim=-1)
-        correct += int((pred == torch.as_tensor(labels[start : start + batch_size], dtype=torch.long)).sum())
+        correct += int((pred == y_all[start : start + batch_size]).sum())
     return correct / len(labels)
 
 

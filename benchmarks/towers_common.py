@@ -1,0 +1,83 @@
+"""Helpers shared by the vision-tower benchmarks: machine description, MAC counting, CPU timing, result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model (first lines of ``lscpu``), core count, torch version, threads and load at call time."""
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines()
+    return {
+        "lscpu_head": [line.strip() for line in lscpu[:12]],
+        "os_cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "loadavg_1_5_15": os.getloadavg(),
+    }
+
+
+def count_macs(tower: nn.Module, batch: int = 1) -> float:
+    """MACs per image of ``classify(forward(x))`` = FlopCounterMode FLOPs / 2 (convs and matmuls only)."""
+    x = torch.randn(batch, tower.in_chans, tower.img_size, tower.img_size)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        tower.classify(tower(x))
+    return counter.get_total_flops() / 2 / batch
+
+
+@torch.no_grad()
+def images_per_second(tower: nn.Module, batch: int, repeats: int = 5) -> float:
+    """Best-of-``repeats`` inference throughput on random inputs (best, because the box is shared)."""
+    tower.eval()
+    x = torch.randn(batch, tower.in_chans, tower.img_size, tower.img_size)
+    tower(x)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        tower(x)
+        times.append(time.perf_counter() - start)
+    return batch / min(times)
+
+
+@torch.no_grad()
+def latency_ms(tower: nn.Module, batch: int = 1, repeats: int = 30) -> dict[str, float]:
+    """Median and best forward latency in milliseconds."""
+    tower.eval()
+    x = torch.randn(batch, tower.in_chans, tower.img_size, tower.img_size)
+    for _ in range(3):
+        tower(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        tower(x)
+        times.append(1e3 * (time.perf_counter() - start))
+    return {"median_ms": statistics.median(times), "min_ms": min(times)}
+
+
+def write_results(stem: str, payload: dict[str, Any], markdown: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (RESULTS / f"{stem}.md").write_text(markdown)
+
+
+def machine_markdown(info: dict[str, Any]) -> str:
+    lines = "\n".join(info["lscpu_head"])
+    return (
+        f"Machine (`lscpu | head -12`, shared with other jobs, so timings are noisy):\n\n```\n{lines}\n```\n\n"
+        f"os.cpu_count() = {info['os_cpu_count']}, torch {info['torch']} with {info['torch_threads']} threads, "
+        f"Python {info['python']}, load average at start {info['loadavg_1_5_15']}.\n"
+    )
