@@ -187,7 +187,7 @@ def forest_figure(scopes: Mapping[str, Mapping[str, Any]], overall: Mapping[str,
     """
     names = sorted(scopes, key=lambda k: -scopes[k]["n_rows"])[:MAX_SLICE_VALUES]
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, 2, figsize=(7.6, 1.1 + 0.32 * len(names)), sharey=True, squeeze=False)
+        fig, axes = plt.subplots(1, 2, figsize=(6.6, 1.1 + 0.3 * len(names)), sharey=True, squeeze=False)
         y = np.arange(len(names))[::-1]
         for ax, metric in zip(axes[0], ("auc", "ne"), strict=True):
             reference = metric_value(overall, metric)
@@ -261,7 +261,7 @@ h3 { margin:22px 0 8px; font-size:16px; }
 .card .ci { color:var(--muted); font-size:12px; }
 .plots { display:grid; grid-template-columns:repeat(auto-fill,minmax(420px,1fr)); gap:16px; align-items:start; }
 .plots.wide { grid-template-columns:1fr; }
-.plots.forest { grid-template-columns:repeat(auto-fill,minmax(700px,1fr)); }
+.plots.forest { grid-template-columns:repeat(auto-fill,minmax(560px,1fr)); }
 figure { margin:0; background:#fff; border:1px solid var(--line); border-radius:10px; padding:8px; }
 figure img { max-width:100%; height:auto; display:block; margin:0 auto; }  /* natural size, shrink to fit */
 table { border-collapse:collapse; margin:8px 0 16px; font-variant-numeric:tabular-nums; }
@@ -270,6 +270,9 @@ th:first-child, td:first-child { text-align:left; }
 th { background:var(--card); font-weight:600; }
 td.na { color:var(--muted); font-style:italic; }
 .note { color:var(--muted); font-size:13px; }
+.columns { display:grid; grid-template-columns:repeat(auto-fit,minmax(320px,1fr)); gap:24px; align-items:start; }
+table.kv td { text-align:left; word-break:break-all; }
+table.kv td:first-child { color:var(--muted); white-space:nowrap; }
 pre { background:var(--card); border:1px solid var(--line); border-radius:8px; padding:12px; overflow:auto;
       font-size:12.5px; }
 """
@@ -309,6 +312,16 @@ def _metric_table(entry: Mapping[str, Any], level: float) -> str:
             rows.append(f"<tr><td>{_e(name)}</td><td>{_num(m['value'])}</td><td>{ci}</td></tr>")
     head = f"<tr><th>metric</th><th>value</th><th>{round(100 * level)}% interval</th></tr>"
     return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _kv_table(values: Mapping[str, Any]) -> str:
+    """Two-column table of a flat dict; lists are joined, strings shown as they are, anything else as JSON."""
+
+    def plain(v: Any) -> str:
+        return ", ".join(map(str, v)) if isinstance(v, list) else v if isinstance(v, str) else json.dumps(v)
+
+    rows = "".join(f"<tr><td>{_e(k)}</td><td>{_e(plain(v))}</td></tr>" for k, v in values.items())
+    return f'<table class="kv">{rows}</table>'
 
 
 def _counts_note(counts: Mapping[str, Any]) -> str:
@@ -408,13 +421,14 @@ def render_report(
             "<h2>Training curves</h2>",
             f'<div class="plots wide">{_figure(_png(training_figure(training_curves)), "training curves")}</div>',
         ]
-    parts.append("<h2>Model config and data</h2>")
-    parts.append(f"<p>Data version: <b>{_e(data_version or 'not given')}</b></p>")
-    parts.append(
-        f"<h3>Model config</h3><pre>{_e(json.dumps(config, indent=2, default=str)) if config else 'not given'}</pre>"
-    )
-    parts.append(f"<h3>Evaluation settings</h3><pre>{_e(json.dumps(metrics['config'], indent=2))}</pre>")
-    parts.append(f"<h3>Data</h3><pre>{_e(json.dumps(metrics['data'], indent=2))}</pre></main>")
+    model = f"<pre>{_e(json.dumps(config, indent=2, default=str))}</pre>" if config else "<p>not given</p>"
+    parts += [
+        "<h2>Model config and data</h2>",
+        f"<p>Data version: <b>{_e(data_version or 'not given')}</b></p>",
+        f'<div class="columns"><div><h3>Model config</h3>{model}</div>',
+        f"<div><h3>Evaluation settings</h3>{_kv_table(metrics['config'])}</div>",
+        f"<div><h3>Data</h3>{_kv_table(metrics['data'])}</div></div></main>",
+    ]
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
