@@ -456,7 +456,10 @@ def _load(
         df = _read(first, list(dict.fromkeys([ITEM_COLUMN, *base, *score_cols[0]])))
         renamed = {c: f"__b__{c}" for c in [*score_cols[1], *(LABEL_PREFIX + t for t in tasks)]}
         other = _read(sources[1][0], keys + list(renamed)).rename(renamed)
-        joined = df.join(other, on=keys, how="inner", validate="1:1", maintain_order="left")
+        try:
+            joined = df.join(other, on=keys, how="inner", validate="1:1", maintain_order="left")
+        except pl.exceptions.ComputeError as err:
+            raise ValueError(f"{keys} must be unique in both prediction files to compare them 1:1") from err
         if joined.height != df.height or joined.height != other.height:
             raise ValueError(f"predictions do not match 1:1 on {keys}: {df.height} vs {other.height} rows")
         for t in tasks:
@@ -465,6 +468,8 @@ def _load(
         df = joined
         score_cols[1] = [renamed[c] for c in score_cols[1]]
 
+    if df.height == 0:
+        raise ValueError("the predictions have no rows")
     groups, n_groups = _dense_codes(_non_null(df, GROUP_COLUMN))
     labels = {t: _numeric(df, LABEL_PREFIX + t, np.int8) for t in tasks}
     # float32 scores stay float32 (half the memory); ties are judged at the stored precision.

@@ -485,7 +485,7 @@ def run_evaluation(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: ``python -m pipelines.report PREDICTIONS OUT_DIR [--slice COL ...]``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipelines.report", description=__doc__.splitlines()[0])
     parser.add_argument("predictions", type=Path)
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--slice", dest="slices", action="append", default=[], help="slice column (repeatable)")

@@ -411,6 +411,10 @@ def test_compare_rejects_mismatched_inputs() -> None:
         M.compare(df, df.with_columns((1 - pl.col("label_click")).alias("label_click")), config=FAST)
     with pytest.raises(ValueError, match="two different score prefixes"):
         M.compare(df, config=FAST)
+    with pytest.raises(ValueError, match="unique in both"):
+        M.compare(df, pl.concat([df.head(299), df.head(1)]), config=FAST)
+    with pytest.raises(ValueError, match="no rows"):
+        M.evaluate(df.head(0), config=FAST)
 
 
 def test_write_results_json_keys_and_markdown(tmp_path: Path) -> None:
