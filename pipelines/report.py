@@ -21,6 +21,7 @@ import base64
 import datetime as dt
 import html
 import io
+import itertools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -219,18 +220,33 @@ def forest_figure(scopes: Mapping[str, Mapping[str, Any]], overall: Mapping[str,
 
 
 def training_figure(curves: Sequence[Mapping[str, float]]) -> Figure:
-    """Small multiples: one panel per logged metric against ``step`` (entries may log different metrics)."""
-    keys = sorted({k for row in curves for k in row if k != "step"})
-    n_cols = min(3, len(keys))
-    n_rows = math.ceil(len(keys) / n_cols)
+    """Small multiples against ``step``: one panel per metric, one line per split.
+
+    Keys ``"<split>/<metric>"`` (``"train/loss"``, ``"valid/loss"``) share the panel of ``<metric>``; plain keys get
+    their own. ``step`` and ``epoch`` are axes, not metrics. Entries may log different keys (validation every N
+    steps).
+    """
+    series: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for row in curves:
+        for key, value in row.items():
+            if key in {"step", "epoch"} or value is None:
+                continue
+            split, _, metric = key.rpartition("/")
+            series.setdefault(metric, {}).setdefault(split, []).append((row["step"], value))
+    palette = [COLORS["overall"], COLORS["cold"], COLORS["warm"], COLORS["pos"], COLORS["neg"]]
+    n_cols = max(1, min(3, len(series)))
+    n_rows = max(1, math.ceil(len(series) / n_cols))
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.2 * n_cols, 2.9 * n_rows), squeeze=False)
-        for ax, key in zip(axes.flat, keys, strict=False):
-            points = sorted((row["step"], row[key]) for row in curves if key in row and row[key] is not None)
-            steps, values = zip(*points, strict=True) if points else ((), ())
-            ax.plot(steps, values, marker="o" if len(points) < 30 else None, ms=3, lw=1.6, color=COLORS["overall"])
-            ax.set(title=key, xlabel="step")
-        for ax in axes.flat[len(keys) :]:
+        for ax, (metric, splits) in zip(axes.flat, sorted(series.items()), strict=False):
+            for color, (split, points) in zip(itertools.cycle(palette), sorted(splits.items()), strict=False):
+                steps, values = zip(*sorted(points), strict=True)
+                marker = "o" if len(points) < 30 else None
+                ax.plot(steps, values, marker=marker, ms=3, lw=1.6, color=color, label=split or None)
+            if any(splits):
+                ax.legend()
+            ax.set(title=metric, xlabel="step")
+        for ax in axes.flat[len(series) :]:
             ax.set_visible(False)
         fig.tight_layout()
     return fig

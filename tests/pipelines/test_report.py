@@ -8,6 +8,7 @@ import json
 from html.parser import HTMLParser
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import polars as pl
 import pytest
 from PIL import Image
@@ -19,7 +20,12 @@ from tests.pipelines.test_metrics import synthetic_predictions
 pytestmark = pytest.mark.unit
 
 CFG = M.EvalConfig(n_bootstrap=20, min_slice_size=300, ks=(3, 10))
-CURVES = [{"step": s, "loss": 0.7 * 0.98**s} | ({"val_auc": 0.6 + s / 1000} if s % 20 == 0 else {}) for s in range(100)]
+# As training logs them: train loss every step, validation every 20 steps.
+CURVES = [
+    {"step": s, "epoch": s // 50, "train/loss": 0.7 * 0.98**s}
+    | ({"valid/loss": 0.72 * 0.985**s, "valid/auc": 0.6 + s / 1000} if s % 20 == 0 else {})
+    for s in range(100)
+]
 
 
 class _Collector(HTMLParser):
@@ -97,3 +103,12 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["config"]["ks"] == [2, 4] and list(metrics["slices"]) == ["country"]
     assert "v9" in (tmp_path / "out2" / "report.html").read_text()
+
+
+def test_training_figure_groups_splits_of_a_metric() -> None:
+    fig = R.training_figure(CURVES)
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.get_visible()}
+    assert set(panels) == {"loss", "auc"}  # step and epoch are axes, train/valid share the loss panel
+    assert sorted(line.get_label() for line in panels["loss"].get_lines()) == ["train", "valid"]
+    assert len(panels["auc"].get_lines()[0].get_xdata()) == 5
+    plt.close(fig)
