@@ -395,6 +395,8 @@ def render_report(
     title: str = "Offline evaluation",
 ) -> str:
     """The report as one HTML string (see ``write_report``)."""
+    if metrics.get("kind") != "evaluation":
+        raise ValueError(f"the report renders an evaluate() result, got kind {metrics.get('kind')!r}")
     tasks = metrics["data"]["tasks"]
     level = metrics["config"]["ci_level"]
     hists = score_histograms(predictions_path, tasks) if predictions_path is not None else None
