@@ -837,6 +837,22 @@ def evaluate(
     )
 
 
+def verdict(direction: str, a: float | None, b: float | None, ci_low: float | None, ci_high: float | None) -> str:
+    """``"better"``/``"worse"`` for B when the interval of B - A excludes 0, else ``"inconclusive"``.
+
+    Args:
+        direction: ``DIRECTIONS`` entry of the metric. For ``"closer_to_1"`` (calibration) a significant change
+            is better when B's point estimate is nearer 1 than A's.
+        a, b: point estimates; ci_low, ci_high: interval of B - A.
+    """
+    if a is None or b is None or ci_low is None or ci_high is None or ci_low <= 0.0 <= ci_high:
+        return "inconclusive"
+    increased = ci_low > 0.0
+    if direction == "closer_to_1":
+        return "better" if abs(b - 1.0) < abs(a - 1.0) else "worse"
+    return "better" if increased == (direction == "higher") else "worse"
+
+
 def compare(
     predictions_a: PredictionsSource,
     predictions_b: PredictionsSource | None = None,
@@ -861,8 +877,9 @@ def compare(
     Returns:
         ``{"schema_version", "kind": "comparison", "config", "data", "models", "directions", "overall", "slices",
         "cold_warm"}``. Each task of a scope holds ``metrics[name] = {"a", "b", "delta", "ci_low", "ci_high",
-        "prob_delta_positive", "reason"}``: delta = B - A, its percentile interval from the same resampled groups for
-        both models, and the share of replicates where B - A > 0.
+        "prob_delta_positive", "verdict", "reason"}``: delta = B - A, its percentile interval from the same
+        resampled groups for both models, the share of replicates where B - A > 0, and ``verdict`` (see
+        ``verdict``).
     """
     cfg = config or EvalConfig()
     source_b = predictions_a if predictions_b is None else predictions_b
@@ -891,6 +908,7 @@ def compare(
                 "ci_low": lo,
                 "ci_high": hi,
                 "prob_delta_positive": prob,
+                "verdict": verdict(DIRECTIONS[name.split("@")[0]], _finite_or_none(a), _finite_or_none(b), lo, hi),
                 "reason": None if delta is not None else _REASONS[name.split("@")[0]],
             }
         return {"counts": raw.counts, "metrics": metrics}

@@ -388,10 +388,14 @@ def test_compare_deltas_are_paired_and_match_separate_evaluations(tmp_path: Path
         assert entry["delta"] == pytest.approx(b["value"] - a["value"], rel=1e-9, abs=1e-15)
     auc = comparison["overall"]["tasks"]["click"]["metrics"]["auc"]
     assert auc["delta"] > 0 and auc["ci_low"] > 0 and auc["prob_delta_positive"] == 1.0
+    assert (
+        auc["verdict"] == "better" and comparison["overall"]["tasks"]["click"]["metrics"]["ne"]["verdict"] == "better"
+    )
     assert comparison["directions"]["ne"] == "lower" and comparison["models"]["b"]["name"] == "challenger"
     # The like task is unchanged: paired replicates give exactly zero deltas.
     like_auc = comparison["overall"]["tasks"]["like"]["metrics"]["auc"]
     assert like_auc["delta"] == 0.0 and like_auc["ci_low"] == like_auc["ci_high"] == 0.0
+    assert like_auc["verdict"] == "inconclusive"
 
     same_file = M.compare(
         df.with_columns(better["score_click"].alias("score_v2_click"), pl.col("score_like").alias("score_v2_like")),
@@ -401,6 +405,23 @@ def test_compare_deltas_are_paired_and_match_separate_evaluations(tmp_path: Path
         names=("champion", "challenger"),
     )
     assert same_file["overall"] == comparison["overall"] and same_file["slices"] == comparison["slices"]
+
+
+@pytest.mark.parametrize(
+    ("direction", "a", "b", "ci", "expected"),
+    [
+        ("higher", 0.70, 0.72, (0.01, 0.03), "better"),
+        ("higher", 0.70, 0.68, (-0.03, -0.01), "worse"),
+        ("lower", 0.90, 0.88, (-0.03, -0.01), "better"),
+        ("lower", 0.90, 0.92, (0.01, 0.03), "worse"),
+        ("higher", 0.70, 0.71, (-0.01, 0.03), "inconclusive"),
+        ("closer_to_1", 1.10, 1.02, (-0.09, -0.07), "better"),
+        ("closer_to_1", 0.98, 0.90, (-0.09, -0.07), "worse"),
+        ("higher", 0.70, 0.72, (None, None), "inconclusive"),
+    ],
+)
+def test_verdict(direction: str, a: float, b: float, ci: tuple, expected: str) -> None:
+    assert M.verdict(direction, a, b, *ci) == expected
 
 
 def test_compare_rejects_mismatched_inputs() -> None:
