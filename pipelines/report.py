@@ -9,9 +9,13 @@ opens offline, can be attached to a run or an e-mail, and loads nothing from the
 * per slice column: forest plots of AUC and NE per slice value with intervals against the overall value;
 * cold vs warm items; training curves when given; the model config and data version.
 
+``render_comparison`` does the same for a ``metrics.compare`` result: deltas B - A with paired intervals and a
+verdict per metric, per slice and for cold vs warm.
+
 Usage::
 
     python -m pipelines.report predictions.parquet runs/eval --slice country --data-version v3
+    python -m pipelines.report challenger.parquet runs/gate --baseline champion.parquet   # + comparison.html
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from pipelines import metrics as M  # noqa: E402
 
 REPORT_NAME = "report.html"
+COMPARISON_NAME = "comparison.html"
 # Slice values shown per forest plot; the largest slices (by rows) are kept.
 MAX_SLICE_VALUES = 30
 COLORS = {"overall": "#3b5bdb", "cold": "#e8590c", "warm": "#2b8a3e", "pos": "#c2255c", "neg": "#495057"}
@@ -57,6 +62,7 @@ STYLE = {
     "legend.frameon": False,
 }
 CARD_METRICS = ("auc", "gauc", "ne", "calibration")
+VERDICT_COLORS = {"better": "#2b8a3e", "worse": "#c92a2a", "inconclusive": "#868e96"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -71,11 +77,14 @@ def _png(fig: Figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def metric_value(entry: Mapping[str, Any] | None, metric: str) -> float | None:
-    """A metric's value from a task entry, None when the scope has no metrics or the metric is undefined."""
+def metric_value(entry: Mapping[str, Any] | None, metric: str, key: str = "value") -> float | None:
+    """A metric's ``key`` (``"value"``; ``"delta"``, ``"a"`` or ``"b"`` of a comparison) from a task entry.
+
+    None when the scope has no metrics or the metric is undefined.
+    """
     if entry is None or entry.get("metrics") is None:
         return None
-    return entry["metrics"][metric]["value"]
+    return entry["metrics"][metric][key]
 
 
 def _scoped_entries(metrics: Mapping[str, Any], task: str) -> dict[str, Mapping[str, Any]]:
@@ -181,9 +190,12 @@ def distribution_figure(hist: Mapping[str, Any], task: str) -> Figure:
     return fig
 
 
-def forest_figure(scopes: Mapping[str, Mapping[str, Any]], overall: Mapping[str, Any], task: str) -> Figure:
+def forest_figure(
+    scopes: Mapping[str, Mapping[str, Any]], overall: Mapping[str, Any], task: str, key: str = "value"
+) -> Figure:
     """AUC and NE per slice value with bootstrap intervals; the overall value is the reference line.
 
+    With ``key="delta"`` (a comparison) the points are B - A with their paired intervals and 0 is marked too.
     Slices below the minimum size (no metric) are listed greyed with their row count.
     """
     names = sorted(scopes, key=lambda k: -scopes[k]["n_rows"])[:MAX_SLICE_VALUES]
@@ -191,20 +203,22 @@ def forest_figure(scopes: Mapping[str, Mapping[str, Any]], overall: Mapping[str,
         fig, axes = plt.subplots(1, 2, figsize=(6.6, 1.1 + 0.3 * len(names)), sharey=True, squeeze=False)
         y = np.arange(len(names))[::-1]
         for ax, metric in zip(axes[0], ("auc", "ne"), strict=True):
-            reference = metric_value(overall, metric)
+            if key == "delta":
+                ax.axvline(0.0, color="#868e96", lw=1)
+            reference = metric_value(overall, metric, key)
             if reference is not None:
                 ax.axvline(reference, color=COLORS["overall"], lw=1.2, ls="--", label=f"overall {reference:.4f}")
                 ax.legend(loc="lower right" if metric == "auc" else "lower left", fontsize=8)
             for yi, name in zip(y, names, strict=True):
                 entry = scopes[name]["tasks"][task]
                 m = None if entry["metrics"] is None else entry["metrics"][metric]
-                if m is None or m["value"] is None:
+                if m is None or m[key] is None:
                     continue
                 lo, hi = m["ci_low"], m["ci_high"]
-                xerr = None if lo is None else [[m["value"] - lo], [hi - m["value"]]]
+                xerr = None if lo is None else [[m[key] - lo], [hi - m[key]]]
                 color = COLORS.get(name, "#343a40")
-                ax.errorbar(m["value"], yi, xerr=xerr, fmt="o", ms=5, color=color, ecolor=color, capsize=3, lw=1.4)
-            ax.set_title(f"{metric.upper()} · {task}")
+                ax.errorbar(m[key], yi, xerr=xerr, fmt="o", ms=5, color=color, ecolor=color, capsize=3, lw=1.4)
+            ax.set_title(f"{'Δ ' if key == 'delta' else ''}{metric.upper()} · {task}")
         labels = [
             f"{name}  ({scopes[name]['n_rows']:,} rows)"
             if scopes[name]["status"] == "ok"
@@ -216,6 +230,29 @@ def forest_figure(scopes: Mapping[str, Mapping[str, Any]], overall: Mapping[str,
             if scopes[name]["status"] != "ok":
                 tick.set_color("#adb5bd")
         axes[0][0].set_ylim(-0.7, len(names) - 0.3)
+    return fig
+
+
+def delta_figure(comparison: Mapping[str, Any], task: str) -> Figure:
+    """Change of every metric, B vs A, in percent of A with its paired interval, coloured by verdict."""
+    entries = comparison["overall"]["tasks"][task]["metrics"]
+    rows = [(name, m) for name, m in entries.items() if m["delta"] is not None and m["a"]]
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(6.4, 1.0 + 0.36 * len(rows)))
+        ax.axvline(0.0, color="#868e96", lw=1)
+        y = np.arange(len(rows))[::-1]
+        for yi, (_, m) in zip(y, rows, strict=True):
+            scale = 100.0 / abs(m["a"])
+            xerr = (
+                None
+                if m["ci_low"] is None
+                else [[(m["delta"] - m["ci_low"]) * scale], [(m["ci_high"] - m["delta"]) * scale]]
+            )
+            color = VERDICT_COLORS[m["verdict"]]
+            ax.errorbar(m["delta"] * scale, yi, xerr=xerr, fmt="o", ms=6, color=color, capsize=3, lw=1.6)
+        ax.set_yticks(y, [f"{name}  {m['a']:.4f} → {m['b']:.4f}" for name, m in rows])
+        ax.set(xlabel="B − A, % of A", title=f"Change by metric · {task}")
+        ax.set_ylim(-0.7, len(rows) - 0.3)
     return fig
 
 
@@ -281,13 +318,14 @@ h3 { margin:22px 0 8px; font-size:16px; }
 figure { margin:0; background:#fff; border:1px solid var(--line); border-radius:10px; padding:8px; }
 figure img { max-width:100%; height:auto; display:block; margin:0 auto; }  /* natural size, shrink to fit */
 table { border-collapse:collapse; margin:8px 0 16px; font-variant-numeric:tabular-nums; }
-th, td { padding:5px 12px; border-bottom:1px solid var(--line); text-align:right; }
+th, td { padding:5px 12px; border-bottom:1px solid var(--line); text-align:right; white-space:nowrap; }
 th:first-child, td:first-child { text-align:left; }
 th { background:var(--card); font-weight:600; }
 td.na { color:var(--muted); font-style:italic; }
 .note { color:var(--muted); font-size:13px; }
+.pair { display:grid; grid-template-columns:minmax(0,auto) minmax(360px,720px); gap:24px; align-items:start; }
 .columns { display:grid; grid-template-columns:repeat(auto-fit,minmax(320px,1fr)); gap:24px; align-items:start; }
-table.kv td { text-align:left; word-break:break-all; }
+table.kv td { text-align:left; word-break:break-all; white-space:normal; }
 table.kv td:first-child { color:var(--muted); white-space:nowrap; }
 pre { background:var(--card); border:1px solid var(--line); border-radius:8px; padding:12px; overflow:auto;
       font-size:12.5px; }
@@ -349,9 +387,10 @@ def _counts_note(counts: Mapping[str, Any]) -> str:
     )
 
 
-def _scope_table(scopes: Mapping[str, Mapping[str, Any]], tasks: Sequence[str]) -> str:
-    """Rows, positives and AUC / NE with intervals per scope and task."""
-    head = "<tr><th>slice</th><th>task</th><th>rows</th><th>positives</th><th>AUC</th><th>NE</th></tr>"
+def _scope_table(scopes: Mapping[str, Mapping[str, Any]], tasks: Sequence[str], key: str = "value") -> str:
+    """Rows, positives and AUC / NE (or their deltas) with intervals per scope and task."""
+    prefix = "Δ " if key == "delta" else ""
+    head = f"<tr><th>slice</th><th>task</th><th>rows</th><th>positives</th><th>{prefix}AUC</th><th>{prefix}NE</th></tr>"
     rows = []
     for name, scope in scopes.items():
         for task in tasks:
@@ -359,12 +398,12 @@ def _scope_table(scopes: Mapping[str, Mapping[str, Any]], tasks: Sequence[str]) 
             cells = []
             for metric in ("auc", "ne"):
                 m = None if entry["metrics"] is None else entry["metrics"][metric]
-                if m is None or m["value"] is None:
+                if m is None or m[key] is None:
                     reason = scope["status"].replace("_", " ") if m is None else m["reason"]
                     cells.append(f'<td class="na">{_e(reason)}</td>')
                 else:
                     ci = f" [{_num(m['ci_low'])}, {_num(m['ci_high'])}]" if m["ci_low"] is not None else ""
-                    cells.append(f"<td>{_num(m['value'])}{ci}</td>")
+                    cells.append(f"<td>{_num(m[key])}{ci}</td>")
             rows.append(
                 f"<tr><td>{_e(name)}</td><td>{_e(task)}</td><td>{scope['n_rows']:,}</td>"
                 f"<td>{entry['counts']['n_positive']:,}</td>{''.join(cells)}</tr>"
@@ -378,11 +417,47 @@ def _scope_section(
     scopes: Mapping[str, Mapping[str, Any]],
     overall: Mapping[str, Any],
     tasks: Sequence[str],
+    key: str = "value",
 ) -> str:
     """Forest plots (one per task) and the table of a set of scopes (a slice column, or cold/warm)."""
-    figs = "".join(_figure(_png(forest_figure(scopes, overall[t], t)), f"{title_html} {t}") for t in tasks)
-    return f'<h2>{title_html}</h2><p class="note">{_e(note)}</p><div class="plots forest">{figs}</div>' + _scope_table(
-        scopes, tasks
+    figs = "".join(_figure(_png(forest_figure(scopes, overall[t], t, key)), f"{title_html} {t}") for t in tasks)
+    head = f'<h2>{title_html}</h2><p class="note">{_e(note)}</p><div class="plots forest">{figs}</div>'
+    return head + _scope_table(scopes, tasks, key)
+
+
+def _scope_sections(result: Mapping[str, Any], key: str = "value") -> list[str]:
+    """One section per slice column, then cold vs warm, of an evaluation or comparison result."""
+    tasks, overall = result["data"]["tasks"], result["overall"]["tasks"]
+    sections = []
+    for column, scopes in result["slices"].items():
+        note = f"Slices under {result['config']['min_slice_size']:,} rows get counts only."
+        sections.append(_scope_section(f"Slice <code>{_e(column)}</code>", note, scopes, overall, tasks, key))
+    if result.get("cold_warm"):
+        note = "Cold items were not seen in training."
+        sections.append(_scope_section("Cold vs warm items", note, result["cold_warm"], overall, tasks, key))
+    return sections
+
+
+def _badges(result: Mapping[str, Any], *extra: str | None) -> str:
+    data = result["data"]
+    labels = (
+        *extra,
+        f"{data['n_rows']:,} rows",
+        f"{data['n_groups']:,} groups",
+        f"{result['config']['n_bootstrap']} bootstrap replicates (groups resampled)",
+        "weighted" if data["weighted"] else None,
+    )
+    return "".join(f'<span class="badge">{_e(label)}</span>' for label in labels if label)
+
+
+def _page(title: str, badges: str, body: Sequence[str]) -> str:
+    generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>"
+        f"<header><h1>{_e(title)}</h1><div class='meta'>{badges} generated {generated}</div></header>"
+        f"<main>{''.join(body)}</main></body></html>\n"
     )
 
 
@@ -400,22 +475,7 @@ def render_report(
     tasks = metrics["data"]["tasks"]
     level = metrics["config"]["ci_level"]
     hists = score_histograms(predictions_path, tasks) if predictions_path is not None else None
-    generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    badges = "".join(
-        f'<span class="badge">{_e(b)}</span>'
-        for b in (
-            f"data {data_version}" if data_version else None,
-            f"{metrics['data']['n_rows']:,} rows",
-            f"{metrics['data']['n_groups']:,} groups",
-            f"{metrics['config']['n_bootstrap']} bootstrap replicates (groups resampled)",
-            "weighted" if metrics["data"]["weighted"] else None,
-        )
-        if b
-    )
-    parts = [
-        f"<header><h1>{_e(title)}</h1><div class='meta'>{badges} generated {generated}</div></header><main>",
-        "<h2>Summary</h2>",
-    ]
+    parts = ["<h2>Summary</h2>"]
     for task in tasks:
         entry = metrics["overall"]["tasks"][task]
         parts += [f"<h3>Task <code>{_e(task)}</code></h3>", _cards(entry), _counts_note(entry["counts"])]
@@ -425,15 +485,7 @@ def render_report(
         if hists is not None:
             plots.append(_figure(_png(distribution_figure(hists[task], task)), f"score distribution {task}"))
         parts.append(f'<div class="plots">{"".join(plots)}</div>')
-
-    overall_entries = metrics["overall"]["tasks"]
-    for column, scopes in metrics["slices"].items():
-        note = f"Slices under {metrics['config']['min_slice_size']:,} rows get counts only."
-        parts.append(_scope_section(f"Slice <code>{_e(column)}</code>", note, scopes, overall_entries, tasks))
-    if metrics.get("cold_warm"):
-        note = "Cold items were not seen in training. The ROC and calibration plots above also show them."
-        parts.append(_scope_section("Cold vs warm items", note, metrics["cold_warm"], overall_entries, tasks))
-
+    parts += _scope_sections(metrics)
     if training_curves:
         parts += [
             "<h2>Training curves</h2>",
@@ -445,13 +497,61 @@ def render_report(
         f"<p>Data version: <b>{_e(data_version or 'not given')}</b></p>",
         f'<div class="columns"><div><h3>Model config</h3>{model}</div>',
         f"<div><h3>Evaluation settings</h3>{_kv_table(metrics['config'])}</div>",
-        f"<div><h3>Data</h3>{_kv_table(metrics['data'])}</div></div></main>",
+        f"<div><h3>Data</h3>{_kv_table(metrics['data'])}</div></div>",
     ]
-    return (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n"
+    return _page(title, _badges(metrics, f"data {data_version}" if data_version else None), parts)
+
+
+def _delta_table(entry: Mapping[str, Any], level: float) -> str:
+    head = (
+        f"<tr><th>metric</th><th>A</th><th>B</th><th>B − A</th><th>{round(100 * level)}% interval</th>"
+        "<th>P(B − A &gt; 0)</th><th>verdict</th></tr>"
     )
+    rows = []
+    for name, m in entry["metrics"].items():
+        ci = f"{_num(m['ci_low'])} – {_num(m['ci_high'])}" if m["ci_low"] is not None else _e(m["reason"] or "")
+        prob = _num(m["prob_delta_positive"], 2) if m["prob_delta_positive"] is not None else ""
+        rows.append(
+            f"<tr><td>{_e(name)}</td><td>{_num(m['a'])}</td><td>{_num(m['b'])}</td><td>{_num(m['delta'])}</td>"
+            f'<td>{ci}</td><td>{prob}</td><td style="color:{VERDICT_COLORS[m["verdict"]]}">{m["verdict"]}</td></tr>'
+        )
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def render_comparison(comparison: Mapping[str, Any], title: str | None = None) -> str:
+    """A ``compare`` result as one HTML page: deltas with paired intervals overall, per slice and cold/warm."""
+    if comparison.get("kind") != "comparison":
+        raise ValueError(f"expected a compare() result, got kind {comparison.get('kind')!r}")
+    a, b = comparison["models"]["a"]["name"], comparison["models"]["b"]["name"]
+    level = comparison["config"]["ci_level"]
+    parts = [
+        "<h2>Summary</h2>",
+        f'<p class="note">A = {_e(a)}, B = {_e(b)}. Intervals are paired: both models are scored on the same '
+        "resampled groups. A verdict is given when the interval excludes 0.</p>",
+    ]
+    for task in comparison["data"]["tasks"]:
+        entry = comparison["overall"]["tasks"][task]
+        chart = _figure(_png(delta_figure(comparison, task)), f"deltas {task}")
+        parts += [
+            f"<h3>Task <code>{_e(task)}</code></h3>",
+            f'<div class="pair">{_delta_table(entry, level)}{chart}</div>',
+        ]
+    parts += _scope_sections(comparison, key="delta")
+    parts += [
+        "<h2>Settings and data</h2>",
+        f'<div class="columns"><div><h3>Evaluation settings</h3>{_kv_table(comparison["config"])}</div>',
+        f"<div><h3>Data</h3>{_kv_table(comparison['data'])}</div></div>",
+    ]
+    return _page(title or f"{b} vs {a}", _badges(comparison), parts)
+
+
+def write_comparison_report(comparison: Mapping[str, Any], out_dir: str | Path) -> Path:
+    """Write ``comparison.html`` (see ``render_comparison``) into ``out_dir`` and return its path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / COMPARISON_NAME
+    path.write_text(render_comparison(comparison), encoding="utf-8")
+    return path
 
 
 def write_report(
@@ -502,7 +602,7 @@ def run_evaluation(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: ``python -m pipelines.report PREDICTIONS OUT_DIR [--slice COL ...]``."""
+    """Command line: ``python -m pipelines.report PREDICTIONS OUT_DIR [--slice COL ...] [--baseline A.parquet]``."""
     parser = argparse.ArgumentParser(prog="python -m pipelines.report", description=__doc__.splitlines()[0])
     parser.add_argument("predictions", type=Path)
     parser.add_argument("out_dir", type=Path)
@@ -514,6 +614,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=M.EvalConfig.seed)
     parser.add_argument("--data-version", default=None)
     parser.add_argument("--model-config", type=Path, default=None, help="JSON file with the model config")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="predictions of a baseline (A): also write comparison.{json,md,html}",
+    )
     args = parser.parse_args(argv)
     cfg = M.EvalConfig(
         ks=tuple(args.ks), min_slice_size=args.min_slice_size, n_bootstrap=args.bootstrap, seed=args.seed
@@ -528,6 +634,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         model_config=model_config,
         data_version=args.data_version,
     )
+    if args.baseline is not None:
+        comparison = M.compare(
+            args.baseline,
+            args.predictions,
+            tasks=args.tasks,
+            slice_columns=args.slices,
+            config=cfg,
+            names=(args.baseline.stem, args.predictions.stem),
+        )
+        written = M.write_results(comparison, args.out_dir)
+        paths |= {"comparison_json": written["json"], "comparison_markdown": written["markdown"]}
+        paths["comparison_report"] = write_comparison_report(comparison, args.out_dir)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
 

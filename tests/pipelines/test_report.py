@@ -45,6 +45,18 @@ def _parse(path: Path) -> list[tuple[str, dict[str, str | None]]]:
     return collector.tags
 
 
+def _self_contained_images(path: Path) -> list[str]:
+    """Alt texts of the page's images, after checking that it fetches nothing and every image is a valid PNG."""
+    tags = _parse(path)
+    assert not [t for t, _ in tags if t in {"script", "link", "iframe"}]
+    urls = [v for _, attrs in tags for k, v in attrs.items() if k in {"src", "href"} and v]
+    assert urls and all(u.startswith("data:image/png;base64,") for u in urls)
+    for url in urls:
+        with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as image:
+            assert image.format == "PNG" and image.width > 100 and image.height > 100
+    return [str(attrs["alt"]) for t, attrs in tags if t == "img"]
+
+
 def test_run_evaluation_writes_a_self_contained_report(tmp_path: Path) -> None:
     predictions = tmp_path / "predictions.parquet"
     synthetic_predictions(n_rows=2000, n_groups=150).write_parquet(predictions)
@@ -59,17 +71,8 @@ def test_run_evaluation_writes_a_self_contained_report(tmp_path: Path) -> None:
     )
     assert {p.name for p in paths.values()} == {"metrics.json", "summary.md", "report.html"}
     text = paths["report"].read_text(encoding="utf-8")
-    tags = _parse(paths["report"])
-
-    # Nothing is fetched: no scripts, stylesheets or remote URLs; every image is an inline PNG that decodes.
-    assert not [t for t, _ in tags if t in {"script", "link", "iframe"}]
-    urls = [v for _, attrs in tags for k, v in attrs.items() if k in {"src", "href"} and v]
-    assert urls and all(u.startswith("data:image/png;base64,") for u in urls)
-    for url in urls:
-        with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as image:
-            assert image.format == "PNG" and image.width > 100 and image.height > 100
+    alts = _self_contained_images(paths["report"])
     # 2 tasks x (ROC, calibration, score distribution) + 2 x country + 2 x cold/warm + training curves.
-    alts = [attrs["alt"] for t, attrs in tags if t == "img"]
     assert len(alts) == 2 * 3 + 2 + 2 + 1
     assert {"ROC curve click", "calibration plot like", "score distribution click", "training curves"} <= set(alts)
 
@@ -88,8 +91,7 @@ def test_report_of_degenerate_metrics(tmp_path: Path) -> None:
     text = path.read_text(encoding="utf-8")
     assert M.REASON_SINGLE_CLASS in text and "below min size" in text
     assert "Cold vs warm" not in text and "Training curves" not in text
-    alts = [attrs["alt"] for t, attrs in _parse(path) if t == "img"]
-    assert len(alts) == 2 * 2 + 2  # ROC + calibration per task, one forest plot per task
+    assert len(_self_contained_images(path)) == 2 * 2 + 2  # ROC + calibration per task, one forest plot per task
 
 
 def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -99,10 +101,30 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     config.write_text(json.dumps({"layers": 2}))
     R.main([str(predictions), str(tmp_path / "out"), "--slice", "country", "--bootstrap", "5", "--ks", "2", "4"])
     R.main([str(predictions), str(tmp_path / "out2"), "--model-config", str(config), "--data-version", "v9"])
+    R.main([str(predictions), str(tmp_path / "gate"), "--baseline", str(predictions), "--bootstrap", "5"])
     assert "report: " in capsys.readouterr().out
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["config"]["ks"] == [2, 4] and list(metrics["slices"]) == ["country"]
     assert "v9" in (tmp_path / "out2" / "report.html").read_text()
+    gate = json.loads((tmp_path / "gate" / "comparison.json").read_text())
+    assert gate["overall"]["tasks"]["click"]["metrics"]["auc"]["delta"] == 0.0  # a file against itself
+    assert (tmp_path / "gate" / "comparison.html").exists() and (tmp_path / "gate" / "comparison.md").exists()
+
+
+def test_comparison_report(tmp_path: Path) -> None:
+    df = synthetic_predictions(n_rows=2000, n_groups=150)
+    better = df.with_columns((pl.col("score_click") * 0.7 + pl.col("label_click") * 0.25).alias("score_click"))
+    comparison = M.compare(df, better, slice_columns=["country"], config=CFG, names=("champion", "challenger"))
+    path = R.write_comparison_report(comparison, tmp_path)
+    text = path.read_text(encoding="utf-8")
+    # Per task the delta chart, then per task one forest plot for country and one for cold/warm.
+    assert len(_self_contained_images(path)) == 2 + 2 + 2
+    assert "<title>challenger vs champion</title>" in text and "Δ AUC" in text
+    assert ">better</td>" in text and ">inconclusive</td>" in text  # click improved, like unchanged
+    with pytest.raises(ValueError, match="compare"):
+        R.render_comparison(M.evaluate(df, config=CFG))
+    with pytest.raises(ValueError, match="evaluate"):
+        R.render_report(comparison)
 
 
 def test_training_figure_groups_splits_of_a_metric() -> None:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 
 from pipelines import metrics as M
@@ -96,23 +97,15 @@ def devtools(tmp_path: Path) -> Iterator[DevTools]:
         process.wait(timeout=30)
 
 
-def test_report_renders_in_chromium(tmp_path: Path, devtools: DevTools) -> None:
-    predictions = tmp_path / "predictions.parquet"
-    synthetic_predictions(n_rows=3000, n_groups=200).write_parquet(predictions)
-    paths = R.run_evaluation(
-        predictions,
-        tmp_path / "eval",
-        slice_columns=["country", "surface"],
-        eval_config=M.EvalConfig(n_bootstrap=30, min_slice_size=400),
-        model_config={"model": "hiformer", "layers": 2},
-        data_version="synthetic@test",
-        training_curves=[{"step": s, "loss": 1 / (1 + s), "val_auc": 0.5 + s / 400} for s in range(0, 100, 5)],
-    )
-    for domain in ("Runtime", "Log", "Network", "Page"):
-        devtools.call(f"{domain}.enable")
-    devtools.call("Page.navigate", url=paths["report"].as_uri())
-    devtools.wait_for("Page.loadEventFired")
+def _open_and_check(devtools: DevTools, page: Path, screenshot: Path) -> list[dict[str, Any]]:
+    """Load ``page``; assert no console errors and no requests beyond the file; save a full-page screenshot.
 
+    Returns:
+        ``{"alt", "width", "height"}`` of every image after decoding (0 x 0 when it failed to decode).
+    """
+    devtools.events.clear()
+    devtools.call("Page.navigate", url=page.as_uri())
+    devtools.wait_for("Page.loadEventFired")
     images = devtools.call(
         "Runtime.evaluate",
         expression="""Promise.all(Array.from(document.images).map(img => img.decode().then(
@@ -121,9 +114,6 @@ def test_report_renders_in_chromium(tmp_path: Path, devtools: DevTools) -> None:
         awaitPromise=True,
         returnByValue=True,
     )["result"]["value"]
-    assert len(images) == 2 * 3 + 2 * 2 + 2 + 1  # per task ROC/calibration/scores; 2 slice columns; cold/warm; curves
-    assert all(img["width"] > 0 and img["height"] > 0 for img in images), images
-
     errors = [
         e
         for e in devtools.events
@@ -144,7 +134,36 @@ def test_report_renders_in_chromium(tmp_path: Path, devtools: DevTools) -> None:
         captureBeyondViewport=True,
         clip={"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1},
     )
-    screenshot = tmp_path / "report.png"
     screenshot.write_bytes(base64.b64decode(shot["data"]))
     assert screenshot.stat().st_size > 10_000
-    print(f"report screenshot: {screenshot}")
+    print(f"screenshot of {page.name}: {screenshot}")
+    return images
+
+
+def test_reports_render_in_chromium(tmp_path: Path, devtools: DevTools) -> None:
+    predictions, baseline = tmp_path / "predictions.parquet", tmp_path / "baseline.parquet"
+    df = synthetic_predictions(n_rows=3000, n_groups=200)
+    df.write_parquet(predictions)
+    df.with_columns(pl.col("score_click").sqrt()).write_parquet(baseline)
+    cfg = M.EvalConfig(n_bootstrap=30, min_slice_size=400)
+    paths = R.run_evaluation(
+        predictions,
+        tmp_path / "eval",
+        slice_columns=["country", "surface"],
+        eval_config=cfg,
+        model_config={"model": "hiformer", "layers": 2},
+        data_version="synthetic@test",
+        training_curves=[{"step": s, "train/loss": 1 / (1 + s), "valid/auc": 0.5 + s / 400} for s in range(0, 100, 5)],
+    )
+    comparison = M.compare(baseline, predictions, slice_columns=["country"], config=cfg)
+    comparison_page = R.write_comparison_report(comparison, tmp_path / "eval")
+    for domain in ("Runtime", "Log", "Network", "Page"):
+        devtools.call(f"{domain}.enable")
+
+    images = _open_and_check(devtools, paths["report"], tmp_path / "report.png")
+    assert len(images) == 2 * 3 + 2 * 2 + 2 + 1  # per task ROC/calibration/scores; 2 slice columns; cold/warm; curves
+    assert all(img["width"] > 0 and img["height"] > 0 for img in images), images
+
+    images = _open_and_check(devtools, comparison_page, tmp_path / "comparison.png")
+    assert len(images) == 2 + 2 + 2  # per task: deltas, country, cold/warm
+    assert all(img["width"] > 0 and img["height"] > 0 for img in images), images
