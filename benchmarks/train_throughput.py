@@ -1,0 +1,356 @@
+"""Training throughput (issue 3): samples/s per interaction at 1 and 2 ranks, time split per model part, peak RSS.
+
+Data: fashion-clicks features (``configs/train/bench-fashion.yaml``: 12 sparse features, no dense, no image tower,
+embedding dim 16, batch 512 per rank). The training step is the one of ``pipelines/train.py``: DistributedModelParallel
+with planner-chosen sharding, fused row-wise Adagrad for the tables (updated inside the backward), Adam for the
+dense part, gradient clipping; no validation, checkpoints or export.
+
+- Throughput: launched with torchrun at 1 and 2 ranks; after ``--warmup`` steps, ``--steps`` steps are timed end to
+  end (batches from ``RankLoader`` with its prefetch thread, as in training). samples/s = ranks x batch x steps /
+  seconds (the slowest rank's seconds). Peak RSS = ``ru_maxrss`` of each rank (model build and planning included).
+- Split: one process (DMP at world size 1), ``RankLoader`` without prefetch so that loading is paid in the step;
+  wall time of ``next(loader)``, of the forward of ``sparse_arch`` (lookup + input/output distribution),
+  ``dense_arch``, ``interaction`` and ``heads`` (forward hooks), the rest of the forward (token concat, loss, DMP),
+  and of backward + clipping + optimiser step (fused table updates happen in the backward).
+
+Usage::
+
+    python benchmarks/train_throughput.py --features /tmp/qb/features/fashion-clicks
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from features.batch import RankBatch  # noqa: E402
+from features.loader import RankLoader  # noqa: E402
+from features.processor import FeatureMap, processed_files  # noqa: E402
+from pipelines.train import TrainConfig, load_config, seed_everything  # noqa: E402
+
+MODELS = ("hiformer", "transformer", "hetero_attention", "dcnv2", "dlrm")
+CONFIG = ROOT / "configs" / "train" / "bench-fashion.yaml"
+PARTS = ("sparse_arch", "dense_arch", "interaction", "heads")
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def build(cfg: TrainConfig, fmap: FeatureMap) -> tuple[nn.Module, Any, list[torch.Tensor], dict[str, str]]:
+    """The DMP-wrapped model, its combined optimiser, the clipped dense parameters and the sharding plan."""
+    from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+    from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+    from ranker.build import build_ranker
+    from ranker.model import RankerTrain
+    from ranker.sharding import describe_plan, distribute
+
+    model = RankerTrain(build_ranker(fmap, cfg.model, sparse_device=torch.device("meta")))
+    dmp = distribute(model, torch.device("cpu"), cfg.optim.sparse_lr, (), cfg.batch_size, cfg.optim.sparse_optimizer)
+    dense = KeyedOptimizerWrapper(
+        dict(in_backward_optimizer_filter(dmp.named_parameters())),
+        lambda params: torch.optim.Adam(params, lr=cfg.optim.dense_lr),
+    )
+    params = [p for _, p in in_backward_optimizer_filter(dmp.named_parameters()) if p.requires_grad]
+    return dmp, CombinedOptimizer([dmp.fused_optimizer, dense]), params, describe_plan(dmp)
+
+
+def train_step(dmp: nn.Module, optimizer: Any, params: list[torch.Tensor], batch: RankBatch, clip: float) -> None:
+    loss, _ = dmp(batch)
+    optimizer.zero_grad()
+    loss.backward()
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, clip)
+    optimizer.step()
+
+
+def batches(loader: RankLoader) -> Iterator[RankBatch]:
+    """Endless batches, a new shuffled epoch whenever one ends."""
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One rank of a throughput measurement (under torchrun); rank 0 writes the JSON result."""
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    cfg = load_config(CONFIG, {"features": str(args.features), "out_dir": "-", "model.interaction": args.model})
+    seed_everything(cfg.seed)
+    fmap = FeatureMap.load(args.features)
+    dmp, optimizer, params, plan = build(cfg, fmap)
+    loader = RankLoader(
+        processed_files(args.features, "train"),
+        fmap,
+        cfg.batch_size,
+        rank,
+        world,
+        True,
+        cfg.seed,
+        "train",
+        cfg.prefetch,
+    )
+    stream = batches(loader)
+    for _ in range(args.warmup):
+        train_step(dmp, optimizer, params, next(stream), cfg.optim.grad_clip)
+    dist.barrier()
+    started = time.perf_counter()
+    rows = 0
+    for _ in range(args.steps):
+        batch = next(stream)
+        rows += batch.batch_size
+        train_step(dmp, optimizer, params, batch, cfg.optim.grad_clip)
+    seconds = time.perf_counter() - started
+    stats: list[dict[str, float] | None] = [None] * world
+    dist.all_gather_object(stats, {"seconds": seconds, "rows": rows, "peak_rss_mib": peak_rss_mib()})
+    if rank == 0:
+        done = [s for s in stats if s is not None]
+        slowest = max(s["seconds"] for s in done)
+        total_rows = sum(s["rows"] for s in done)
+        result = {
+            "model": args.model,
+            "ranks": world,
+            "batch_size_per_rank": cfg.batch_size,
+            "threads_per_rank": torch.get_num_threads(),
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "seconds": slowest,
+            "samples_per_s": total_rows / slowest,
+            "ms_per_step": 1e3 * slowest / args.steps,
+            "peak_rss_mib_per_rank": [round(s["peak_rss_mib"], 1) for s in done],
+            "sharding_plan": plan,
+        }
+        Path(args.result).write_text(json.dumps(result, indent=2) + "\n")
+    dist.destroy_process_group()
+
+
+def throughput(model: str, ranks: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Launches ``worker`` under torchrun (as ``ranker train`` does) and returns its result."""
+    result = Path(f"/tmp/train_throughput-{model}-{ranks}.json")
+    result.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={ranks}", "--rdzv-backend=c10d",
+           "--rdzv-endpoint=127.0.0.1:0", "--nnodes=1", __file__, "--worker", "--model", model,
+           "--features", str(args.features), "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--result", str(result)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // ranks))}
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return json.loads(result.read_text())
+
+
+class PartTimer:
+    """Forward wall time of named submodules through pre/post forward hooks (CPU: synchronous execution)."""
+
+    def __init__(self, modules: dict[str, nn.Module]) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._start: dict[str, float] = {}
+        for name, module in modules.items():
+            module.register_forward_pre_hook(self._pre(name))
+            module.register_forward_hook(self._post(name))
+
+    def _pre(self, name: str) -> Any:
+        def hook(*_: Any) -> None:
+            self._start[name] = time.perf_counter()
+
+        return hook
+
+    def _post(self, name: str) -> Any:
+        def hook(*_: Any) -> None:
+            self.seconds[name] += time.perf_counter() - self._start[name]
+
+        return hook
+
+
+def split(model: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Per-part time of a training step in one process (DMP at world size 1, no prefetch thread)."""
+    cfg = load_config(CONFIG, {"features": str(args.features), "out_dir": "-", "model.interaction": model})
+    seed_everything(cfg.seed)
+    fmap = FeatureMap.load(args.features)
+    dmp, optimizer, params, _ = build(cfg, fmap)
+    ranker = dmp.module.model
+    timer = PartTimer({name: getattr(ranker, name) for name in PARTS if getattr(ranker, name) is not None})
+    loader = RankLoader(processed_files(args.features, "train"), fmap, cfg.batch_size, 0, 1, True, cfg.seed, "train", 0)
+    stream = batches(loader)
+    totals: dict[str, float] = defaultdict(float)
+    steps = []
+    for i in range(args.warmup + args.steps):
+        if i == args.warmup:
+            timer.seconds.clear()
+            totals.clear()
+        t0 = time.perf_counter()
+        batch = next(stream)
+        t1 = time.perf_counter()
+        loss, _ = dmp(batch)
+        t2 = time.perf_counter()
+        optimizer.zero_grad()
+        loss.backward()
+        if cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+        optimizer.step()
+        t3 = time.perf_counter()
+        totals["data_loading"] += t1 - t0
+        totals["forward"] += t2 - t1
+        totals["backward_optimizer"] += t3 - t2
+        if i >= args.warmup:
+            steps.append(t3 - t0)
+    parts = {name: timer.seconds.get(name, 0.0) for name in PARTS}
+    ms = {
+        "data_loading": totals["data_loading"],
+        "embedding_lookup_comm": parts["sparse_arch"],
+        "dense_arch": parts["dense_arch"],
+        "interaction": parts["interaction"],
+        "heads": parts["heads"],
+        "forward_other": totals["forward"] - sum(parts.values()),
+        "backward_optimizer": totals["backward_optimizer"],
+    }
+    total = sum(ms.values())
+    return {
+        "model": model,
+        "threads": torch.get_num_threads(),
+        "ms_per_step": {k: round(1e3 * v / args.steps, 3) for k, v in ms.items()},
+        "share": {k: round(v / total, 4) for k, v in ms.items()},
+        "median_step_ms": round(1e3 * statistics.median(steps), 3),
+        "samples_per_s": round(cfg.batch_size * args.steps / total, 1),
+    }
+
+
+def split_all(args: argparse.Namespace) -> None:
+    """All models' splits in one process (worker mode: a single-rank process group for DMP)."""
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": os.environ.get("SPLIT_PORT", "29533")})
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    out = [split(model, args) for model in MODELS]
+    Path(args.result).write_text(json.dumps({"splits": out, "peak_rss_mib": round(peak_rss_mib(), 1)}, indent=2))
+    dist.destroy_process_group()
+
+
+def write_markdown(report: dict[str, Any], path: Path) -> None:
+    m = report["machine"]
+    lines = [
+        "# Training throughput",
+        "",
+        "Produced by `benchmarks/train_throughput.py` (raw numbers in `train_throughput.json`).",
+        f"Machine: {m['cpu']}, {m['cpu_count']} cores (shared with other jobs: timings are noisy), torch {m['torch']}, "
+        "CPU only (gloo).",
+        f"Data: fashion-clicks features, `{CONFIG.relative_to(ROOT)}` (12 sparse tokens, no dense, no images, D = 16, "
+        f"batch {report['batch_size_per_rank']} per rank); each interaction at its registered defaults.",
+        "",
+        f"## Throughput ({report['steps']} timed steps after {report['warmup']} warm-up steps)",
+        "",
+        "| model | ranks | threads/rank | samples/s | ms/step | peak RSS per rank (MiB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in report["throughput"]:
+        rss = ", ".join(f"{v:.0f}" for v in r["peak_rss_mib_per_rank"])
+        lines.append(
+            f"| {r['model']} | {r['ranks']} | {r['threads_per_rank']} | {r['samples_per_s']:.0f} | "
+            f"{r['ms_per_step']:.1f} | {rss} |"
+        )
+    lines += [
+        "",
+        "samples/s = ranks x batch per rank x steps / wall seconds of the slowest rank.",
+        "",
+        f"## Time split of one training step, single process ({report['threads']} threads, no prefetch), ms/step",
+        "",
+        "| model | data loading | embedding lookup + comm | dense arch | interaction | heads | rest of forward "
+        "| backward + optimizer | total | samples/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    keys = ("data_loading", "embedding_lookup_comm", "dense_arch", "interaction", "heads", "forward_other",
+            "backward_optimizer")  # fmt: skip
+    for s in report["splits"]:
+        cells = " | ".join(f"{s['ms_per_step'][k]:.1f} ({100 * s['share'][k]:.0f}%)" for k in keys)
+        lines.append(f"| {s['model']} | {cells} | {sum(s['ms_per_step'].values()):.1f} | {s['samples_per_s']:.0f} |")
+    lines += [
+        "",
+        f"Peak RSS of the split process (all five models built in turn): {report['split_peak_rss_mib']:.0f} MiB.",
+        "Embedding lookup includes TorchRec's input/output distribution (trivial at one rank); the fused row-wise "
+        "Adagrad table update runs inside the backward. The interaction's backward is inside "
+        "'backward + optimizer'.",
+        "",
+        "## Notes",
+        "",
+        *[f"- {note}" for note in report["notes"]],
+        "",
+        "## Command",
+        "",
+        "```",
+        report["command"],
+        "```",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--features", type=Path, default=Path("/tmp/qb/features/fashion-clicks"))
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_throughput")
+    parser.add_argument("--note", action="append", default=[], help="a line for the report's notes")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--split-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model", default="hiformer", help=argparse.SUPPRESS)
+    parser.add_argument("--result", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return 0
+    if args.split_worker:
+        split_all(args)
+        return 0
+
+    sys.argv[0] = str(Path(sys.argv[0]).resolve().relative_to(ROOT))
+    from benchmarks.model_quality import machine
+
+    runs = []
+    for model in MODELS:
+        for ranks in args.ranks:
+            runs.append(throughput(model, ranks, args))
+            print(f"[throughput] {model} x{ranks}: {runs[-1]['samples_per_s']:.0f} samples/s", flush=True)
+    split_file = Path("/tmp/train_throughput-split.json")
+    split_cmd = [sys.executable, __file__, "--split-worker", "--features", str(args.features), "--steps",
+                 str(args.steps), "--warmup", str(args.warmup), "--result", str(split_file)]  # fmt: skip
+    subprocess.run(split_cmd, cwd=ROOT, check=True)
+    split_result = json.loads(split_file.read_text())
+    cfg = load_config(CONFIG, {"features": str(args.features), "out_dir": "-"})
+    report = {
+        "machine": machine(),
+        "command": "python " + " ".join(sys.argv),
+        "batch_size_per_rank": cfg.batch_size,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "threads": os.cpu_count(),
+        "throughput": runs,
+        "splits": split_result["splits"],
+        "split_peak_rss_mib": split_result["peak_rss_mib"],
+        "notes": args.note,
+    }
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    write_markdown(report, args.out.with_suffix(".md"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
