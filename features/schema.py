@@ -36,6 +36,7 @@ SPLITS: tuple[str, ...] = ("train", "valid", "test")
 MISSING_ID = 0
 OOV_ID = 1
 FIRST_ID = 2
+RESERVED_NAMES = frozenset({"group_id", "item_id", "image_index", "is_cold"})  # processed columns the loader reads
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,9 @@ class Schema:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"feature/label names must be unique; repeated: {dupes}")
+        reserved = sorted(n for n in names if n in RESERVED_NAMES or n.startswith(("label_", "slice_", "_")))
+        if reserved:
+            raise ValueError(f"feature names {reserved} are reserved for processed columns; rename them")
         if not self.sparse and not self.dense:
             raise ValueError("the schema declares no sparse or dense feature")
         if self.image is not None and self.item is None:

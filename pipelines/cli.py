@@ -134,6 +134,33 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return subprocess.call(torchrun_command(args.config, args.nproc, extra, args), env=env)
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipelines.evaluate import evaluate_model
+    from pipelines.metrics import EvalConfig
+
+    out = args.out or args.model.parent / f"eval-{args.split}"
+    cfg = EvalConfig(ks=tuple(args.k or (5, 10)), n_bootstrap=args.bootstrap, seed=args.seed)
+    manifest = evaluate_model(args.model, args.features, out, args.split, cfg, force=args.force)
+    res = manifest["results"]
+    for task, values in res["overall"].items():
+        print(f"{task}: " + "  ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float)))
+    print(f"predictions: {res['predictions']}\nmetrics:     {res['metrics_json']}\nreport:      {res['report']}")
+    return 0
+
+
+def _cmd_pretrain_tower(args: argparse.Namespace) -> int:
+    import torch
+
+    from vision_towers.pretrain import evaluate, fmnist_subset, pretrain
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    tower = pretrain(args.name, args.out, n_train=args.n_train, epochs=args.epochs, seed=args.seed)
+    images, labels = fmnist_subset("test", args.n_eval, args.seed)
+    print(f"{args.name}: Fashion-MNIST test accuracy {evaluate(tower, images, labels):.4f} on {args.n_eval} images")
+    print(f"saved: {args.out}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.build_features import build_features
     from pipelines.data import build_dataset
@@ -212,6 +239,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", action="store_true", help="continue from the run's last complete checkpoint")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="score a split with an exported model; write predictions, metrics.json, summary.md, report.html",
+    )
+    p.add_argument("--model", type=Path, required=True, help="export folder of a training run (RUN/export)")
+    p.add_argument("--features", type=Path, required=True, help="features folder holding the processed split")
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    p.add_argument("--out", type=Path, help="output folder (default: RUN/eval-SPLIT)")
+    p.add_argument("--k", type=int, action="append", default=None, help="NDCG/Recall cut-off (repeatable)")
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates for intervals")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--force", action="store_true", help="re-run even if the output is up to date")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "pretrain-tower",
+        help="pretrain a vision tower on Fashion-MNIST classes (for a frozen or fine-tuned image tower)",
+    )
+    p.add_argument("name", help="registered tower name (see vision_towers.list_towers())")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint path (.pt, weights only)")
+    p.add_argument("--n-train", type=int, default=3000, help="training images (default %(default)s)")
+    p.add_argument("--n-eval", type=int, default=1000, help="test images for the reported accuracy")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_pretrain_tower)
 
     p = sub.add_parser("demo", help="the default job on the built-in data sets")
     p.add_argument("--rows", type=int, default=200_000, help="fashion-clicks rows (default %(default)s)")

@@ -247,6 +247,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at_step: int = 0) -> dict
 
     dense_params = [p for _, p in in_backward_optimizer_filter(dmp.named_parameters()) if p.requires_grad]
     stopped_early, started, loss_sum, loss_n = False, time.time(), 0.0, 0
+    window_sum, window_n = 0.0, 0  # training loss since the last validation, for the history
     while state.step < total_steps and not stopped_early:
         epoch = state.step // steps_per_epoch
         train_loader.set_epoch(epoch)
@@ -267,6 +268,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at_step: int = 0) -> dict
             optimizer.step()
             state.step += 1
             loss_sum, loss_n = loss_sum + float(loss.detach()), loss_n + 1
+            window_sum, window_n = window_sum + float(loss.detach()), window_n + 1
             if state.step % cfg.log_every == 0:
                 mean_loss = torch.tensor([loss_sum / loss_n])
                 dist.all_reduce(mean_loss)
@@ -281,7 +283,11 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at_step: int = 0) -> dict
                 else:
                     state.bad_evals += 1
                 state.epoch = epoch
-                record = {"step": state.step, "epoch": epoch, **{f"valid/{k}": v for k, v in valid.items()}}
+                window = torch.tensor([window_sum / max(window_n, 1)])
+                dist.all_reduce(window)
+                window_sum, window_n = 0.0, 0
+                record = {"step": state.step, "epoch": epoch, "train/loss": float(window) / world}
+                record.update({f"valid/{k}": v for k, v in valid.items()})
                 state.history.append(record)
                 tracker.metrics(record, state.step)
                 save_checkpoint(ckpt_root, dmp, optimizer, state)

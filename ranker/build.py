@@ -42,6 +42,19 @@ class ModelConfig:
             raise ValueError(f"unknown interaction {self.interaction!r}; choose from {interactions.list_names()}")
 
 
+def _tower(cfg: VisionConfig) -> torch.nn.Module:
+    """The tower without a classifier; weights from a ``vision_towers.pretrain`` checkpoint when given."""
+    if not cfg.pretrained:
+        return create_tower(cfg.tower, num_classes=0, **cfg.overrides)
+    ckpt = torch.load(Path(cfg.pretrained), map_location="cpu", weights_only=True)
+    if ckpt["tower"] != cfg.tower:
+        raise ValueError(f"{cfg.pretrained}: a pretrained {ckpt['tower']!r}, but the config asks for {cfg.tower!r}")
+    tower = create_tower(cfg.tower, num_classes=0, **{**ckpt["overrides"], **cfg.overrides})
+    # The pretraining classifier is not part of the tower used here; every other weight must be there.
+    tower.load_state_dict({k: v for k, v in ckpt["state_dict"].items() if k in tower.state_dict()}, strict=True)
+    return tower
+
+
 def num_tokens(fmap: FeatureMap, cfg: ModelConfig) -> int:
     """T: dense tokens + one per sparse feature + image tokens."""
     dense = cfg.dense_tokens if fmap.dense else 0
@@ -72,12 +85,7 @@ def build_ranker(
     if cfg.vision is not None:
         if images is None:
             raise ValueError("the model config has a vision tower but the data set has no images")
-        tower = create_tower(cfg.vision.tower, num_classes=0, **cfg.vision.overrides)
-        if cfg.vision.pretrained:
-            state = torch.load(Path(cfg.vision.pretrained), map_location="cpu", weights_only=True)
-            # The classifier of a pretraining run is not part of the tower used here.
-            state = {k: v for k, v in state.items() if k in tower.state_dict()}
-            tower.load_state_dict(state, strict=True)
+        tower = _tower(cfg.vision)
         vision = VisionArch(tower, torch.from_numpy(np.ascontiguousarray(images)), cfg.vision.tokens,
                             cfg.embedding_dim, cfg.vision.frozen)  # fmt: skip
     interaction = interactions.create(

@@ -80,18 +80,22 @@ class DenseArch(nn.Module):
 
 
 class VisionArch(nn.Module):
-    """Item images to ``N`` tokens per row, running the tower once per **unique** image in the batch.
+    """Item images to ``N`` tokens per row; the tower never runs more than once per distinct image.
+
+    A frozen tower's embeddings are computed once for the whole catalogue, in chunks without gradients, and cached
+    for the life of the module (so per model version: evaluation and serving reuse them). A fine-tuned tower runs
+    once per **unique** image of each batch, and the result is gathered back to the rows.
 
     Args:
         tower: a registered vision tower (``forward: B x C x H x W -> B x De``).
         images: ``n_images x C x H x W`` uint8 item photos (kept as a non-persistent buffer: data, not weights).
         num_tokens: N, image tokens per row (a projection of the tower's embedding).
         dim: D.
-        frozen: keep the tower's weights fixed (run in eval mode without gradients).
+        frozen: keep the tower's weights fixed (eval mode, cached embeddings).
 
     Example::
 
-        arch = VisionArch(create_tower("convformer_fm"), torch.zeros(4, 1, 28, 28, dtype=torch.uint8), 2, 8)
+        arch = VisionArch(create_tower("convformer_fm", num_classes=0), torch.zeros(4, 1, 28, 28, torch.uint8), 2, 8)
         arch(torch.tensor([0, 3, 3, -1])).shape  # (4, 2, 8); -1 = no image -> learned token
     """
 
@@ -100,26 +104,35 @@ class VisionArch(nn.Module):
         self.tower, self.frozen = tower, frozen
         self.num_tokens, self.dim = num_tokens, dim
         self.register_buffer("images", images, persistent=False)
+        self.register_buffer("cache", None, persistent=False)
         self.proj = nn.Linear(int(tower.embed_dim), num_tokens * dim)
         self.no_image = nn.Parameter(torch.randn(num_tokens, dim) * 0.02)
         if frozen:
             self.tower.requires_grad_(False)
 
-    def embed_images(self, image_index: torch.Tensor) -> torch.Tensor:
-        """Tower embeddings ``len(image_index) x De`` for distinct, valid image rows."""
+    def _tower(self, image_index: torch.Tensor) -> torch.Tensor:
         pixels = prepare_images(self.images[image_index], int(self.tower.in_chans), int(self.tower.img_size))
-        if self.frozen:
+        return self.tower(pixels.to(self.proj.weight.device))
+
+    @torch.no_grad()
+    def catalogue_embeddings(self, chunk: int = 512) -> torch.Tensor:
+        """``n_images x De`` embeddings of every image (frozen tower), computed once and cached."""
+        if self.cache is None:
             self.tower.eval()
-            with torch.no_grad():
-                return self.tower(pixels)
-        return self.tower(pixels)
+            rows = torch.arange(self.images.shape[0], device=self.images.device)
+            self.cache = torch.cat([self._tower(rows[i : i + chunk]) for i in range(0, len(rows), chunk)])
+        return self.cache
 
     def forward(self, image_index: torch.Tensor) -> torch.Tensor:
         """``B`` image rows (-1: none) -> ``B x N x D``."""
         valid = image_index >= 0
-        unique, inverse = torch.unique(image_index.clamp(min=0), return_inverse=True)
-        tokens = self.proj(self.embed_images(unique))  # (U, N * D): cost scales with distinct items
-        tokens = tokens[inverse].view(-1, self.num_tokens, self.dim)  # (B, N, D)
+        rows = image_index.clamp(min=0)
+        if self.frozen:
+            embedded = self.catalogue_embeddings()[rows]  # (B, De)
+        else:
+            unique, inverse = torch.unique(rows, return_inverse=True)
+            embedded = self._tower(unique)[inverse]  # tower cost scales with distinct images, not rows
+        tokens = self.proj(embedded).view(-1, self.num_tokens, self.dim)  # (B, N, D)
         return torch.where(valid[:, None, None], tokens, self.no_image.expand_as(tokens))
 
 

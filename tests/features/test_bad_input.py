@@ -168,3 +168,13 @@ def test_quarantine_keeps_every_bad_row(tiny_data, tmp_path: Path) -> None:
     }
     assert set(quarantine["_row"].to_list()) == {i for i in range(n_raw) if i % 50 == 1 or i % 80 == 2}
     assert fmap.train_rows == n_raw - 13
+
+
+def test_reserved_feature_name(tiny_data) -> None:
+    schema_path = tiny_data()
+    data = yaml.safe_load(schema_path.read_text())
+    data["sparse"][1]["name"] = "item_id"
+    schema_path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="reserved") as err:
+        load_schema(schema_path)
+    assert "item_id" in str(err.value)

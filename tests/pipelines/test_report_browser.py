@@ -15,12 +15,11 @@ from typing import Any
 
 import polars as pl
 import pytest
+import websocket  # websocket-client, a dev dependency: a missing browser stack must fail, not skip
 
 from pipelines import metrics as M
 from pipelines import report as R
 from tests.pipelines.test_metrics import synthetic_predictions
-
-websocket = pytest.importorskip("websocket")  # websocket-client
 
 pytestmark = pytest.mark.browser
 
@@ -71,8 +70,7 @@ class DevTools:
 
 @pytest.fixture
 def devtools(tmp_path: Path) -> Iterator[DevTools]:
-    if not CHROMIUM:
-        pytest.skip("chromium not installed (Debian package 'chromium')")
+    assert CHROMIUM, "chromium not installed: run `make system-deps` (Debian package 'chromium')"
     profile = tmp_path / "chromium-profile"
     process = subprocess.Popen(
         [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
