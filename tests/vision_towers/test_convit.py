@@ -7,6 +7,7 @@ import math
 import pytest
 import timm
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import vision_towers as vt
 
@@ -21,9 +22,12 @@ def test_parity_with_timm_convit_tiny() -> None:
     assert n_params / 1e6 == pytest.approx(5.71, abs=0.005)  # methods.md section 4.2
     ours.load_state_dict(ref.state_dict(), strict=True)
     x = torch.randn(1, 3, 224, 224)
-    with torch.no_grad():
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
         emb = ours(x)
-        torch.testing.assert_close(ours.classify(emb), ref(x), rtol=0, atol=0)
+        logits = ours.classify(emb)
+    assert counter.get_total_flops() / 2e9 == pytest.approx(1.25, rel=0.01)  # methods.md 4.2, FlopCounterMode
+    with torch.no_grad():
+        torch.testing.assert_close(logits, ref(x), rtol=0, atol=0)
         torch.testing.assert_close(ours.forward_tokens(x), ref.forward_features(x), rtol=0, atol=0)
 
 

@@ -12,6 +12,18 @@ from vision_towers._registry import register_tower
 SMALL = vt.list_towers(published=False)
 pytestmark = pytest.mark.unit
 
+# Parameter counts (M, with the 1000-class head) of every published config: methods.md sections 2-6 / timm.
+PUBLISHED_PARAMS_M = {
+    "caformer_s18": 26.34,
+    "convformer_s18": 26.77,
+    "convit_tiny": 5.71,
+    "efficientmod_s": 12.90,
+    "efficientmod_xs": 6.63,
+    "efficientmod_xxs": 4.74,
+    "eet_vit_s16": 22.05,
+    "vit_s16": 22.05,
+}
+
 
 def _images(tower: nn.Module, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, tower.in_chans, tower.img_size, tower.img_size)
@@ -39,6 +51,15 @@ def test_overrides_reach_the_constructor() -> None:
     tower = vt.create_tower("efficientmod_fm", num_classes=7, in_chans=3)
     assert tower.in_chans == 3 and tower.num_classes == 7
     assert tower.classify(tower(_images(tower))).shape == (2, 7)
+
+
+@pytest.mark.parametrize("name", vt.list_towers(published=True))
+def test_published_configs_have_reference_sizes(name: str) -> None:
+    """Every published config is 3 x 224 x 224 with 1000 classes and matches its reference parameter count."""
+    assert name in PUBLISHED_PARAMS_M, f"add a reference parameter count for {name}"
+    tower = vt.create_tower(name)
+    assert (tower.in_chans, tower.img_size, tower.num_classes) == (3, 224, 1000)
+    assert sum(p.numel() for p in tower.parameters()) / 1e6 == pytest.approx(PUBLISHED_PARAMS_M[name], abs=0.006)
 
 
 @pytest.mark.parametrize("name", SMALL)
