@@ -109,29 +109,13 @@ def _cmd_features_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def torchrun_command(config: Path, nproc: int, extra: list[str], launch: argparse.Namespace | None = None) -> list[str]:
-    """The torchrun command line for ``pipelines.train`` (standalone, or multi-node with a rendezvous endpoint)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
-    if launch is not None and launch.nnodes > 1:
-        if not launch.rdzv_endpoint:
-            raise ValueError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (the same on every node)")
-        cmd += [f"--nnodes={launch.nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={launch.rdzv_endpoint}",
-                f"--rdzv-id={launch.rdzv_id}"]  # fmt: skip
-    else:
-        # A free port per job, so that several local jobs (or tests) never collide on the default one.
-        cmd += ["--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0", "--nnodes=1"]
-    return cmd + ["-m", "pipelines.train", "--config", str(config), *extra]
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
-    import subprocess
+    from pipelines.launch import launch_training
 
-    extra = [f"--set={item}" for item in args.set] + (["--resume"] if args.resume else [])
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc))),
-    }
-    return subprocess.call(torchrun_command(args.config, args.nproc, extra, args), env=env)
+    return launch_training(
+        args.config, args.nproc, args.set, args.resume,
+        nnodes=args.nnodes, rdzv_endpoint=args.rdzv_endpoint, rdzv_id=args.rdzv_id,
+    )  # fmt: skip
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -162,18 +146,9 @@ def _cmd_pretrain_tower(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from pipelines.build_features import build_features
-    from pipelines.data import build_dataset
+    from pipelines.demo import run_demo
 
-    for name in ("movielens-100k", "fashion-clicks"):
-        raw = args.data_dir / "raw" / name
-        manifest = build_dataset(name, raw, rows=args.rows, seed=args.seed, progress=True)
-        if name == "fashion-clicks":
-            auc = manifest["results"]["bayes_auc"]
-            print(f"{name}: Bayes-optimal test AUC {auc['overall']:.4f} (cold items {auc['cold']:.4f})")
-        feats = build_features(raw / "schema.yaml", args.data_dir / "features" / name)
-        rows = {s: r["rows_out"] for s, r in feats["results"]["splits"].items()}
-        print(f"{name}: processed rows {rows} -> {args.data_dir / 'features' / name}")
+    run_demo(args.data_dir, args.runs_dir, rows=args.rows, seed=args.seed, nproc=args.nproc)
     return 0
 
 
@@ -269,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the default job on the built-in data sets")
     p.add_argument("--rows", type=int, default=200_000, help="fashion-clicks rows (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and sampling")
+    p.add_argument("--nproc", type=int, default=2, help="training processes (default %(default)s)")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs go (default %(default)s)")
     p.set_defaults(func=_cmd_demo)
     return parser
 
