@@ -1,0 +1,147 @@
+"""The ranker's parts against naive references, over every registered interaction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from features.loader import RankLoader
+from features.processor import FeatureMap, fit, processed_files, transform
+from features.schema import load_schema
+from ranker import interactions
+from ranker.build import ModelConfig, VisionConfig, build_ranker, num_tokens
+from ranker.model import RankerTrain, TaskHeads, VisionArch
+from tests.helpers import write_tiny_dataset
+from vision_towers import create_tower, prepare_images
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[FeatureMap, Path]:
+    root = tmp_path_factory.mktemp("model")
+    schema = load_schema(write_tiny_dataset(root / "raw", n=300))
+    fmap = fit(schema, root / "features")
+    transform(schema, root / "features", "train", fmap)
+    return fmap, root / "features"
+
+
+def _batch(tiny: tuple[FeatureMap, Path], n: int = 24):
+    fmap, features = tiny
+    return next(iter(RankLoader(processed_files(features, "train"), fmap, n, prefetch=0)))
+
+
+def test_sparse_arch_matches_naive_lookup(tiny) -> None:
+    fmap, _ = tiny
+    model = build_ranker(fmap, ModelConfig(embedding_dim=4))
+    batch = _batch(tiny)
+    got = model.sparse_arch(batch.sparse)  # (B, F, D)
+    tables = model.sparse_arch.ebc.embedding_bags
+    for f, state in enumerate(fmap.sparse):
+        weight = tables[f"t_{state.name}"].weight
+        jt = batch.sparse[state.name]
+        offsets = jt.offsets().tolist()
+        for row in range(batch.batch_size):
+            ids = jt.values()[offsets[row] : offsets[row + 1]]
+            rows = weight[ids]
+            want = rows.mean(0) if state.kind == "multi" else rows.sum(0)
+            torch.testing.assert_close(got[row, f], want)
+
+
+@pytest.mark.parametrize("name", interactions.list_names())
+def test_every_interaction_trains_in_the_ranker(tiny, name: str) -> None:
+    fmap, _ = tiny
+    torch.manual_seed(0)
+    cfg = ModelConfig(interaction=name, embedding_dim=8)
+    model = RankerTrain(build_ranker(fmap, cfg))
+    batch = _batch(tiny)
+    assert model.model.tokens(batch).shape == (batch.batch_size, num_tokens(fmap, cfg), 8)
+    loss, (_, logits, labels) = model(batch)
+    assert logits.shape == labels.shape == (batch.batch_size, 1)
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"parameters without gradient: {missing}"
+    assert torch.isfinite(loss)
+
+
+def test_heads_start_at_the_base_rate() -> None:
+    heads = TaskHeads(6, 5, [0.2, 0.7])
+    with torch.no_grad():
+        for head in heads.heads:
+            head[-1].weight.zero_()  # the head output is then its bias alone
+    probs = torch.sigmoid(heads(torch.randn(3, 2, 6)))
+    torch.testing.assert_close(probs, torch.tensor([[0.2, 0.7]]).expand(3, 2))
+
+
+def test_padding_rows_do_not_count_in_the_loss(tiny) -> None:
+    fmap, _ = tiny
+    model = RankerTrain(build_ranker(fmap, ModelConfig(embedding_dim=4)))
+    batch = _batch(tiny)
+    loss_all, (_, logits, _) = model(batch)
+    batch.weights[10:] = 0.0
+    loss_part, _ = model(batch)
+    want = torch.nn.functional.binary_cross_entropy_with_logits(logits[:10], batch.labels[:10])
+    torch.testing.assert_close(loss_part, want)
+    assert not torch.isclose(loss_part, loss_all)
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_vision_dedup_matches_per_row(frozen: bool) -> None:
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8)
+    tower = create_tower("convformer_fm", num_classes=0, depths=(1, 1, 1, 1))
+    arch = VisionArch(tower, images, num_tokens=2, dim=8, frozen=frozen).eval()
+    rows = torch.tensor([3, 1, 3, -1, 5, 1, 3])
+    got = arch(rows)
+    # Naive: the tower on each row's own image, one row at a time.
+    for i, r in enumerate(rows.tolist()):
+        if r < 0:
+            torch.testing.assert_close(got[i], arch.no_image)
+            continue
+        emb = tower(prepare_images(images[r : r + 1], tower.in_chans, tower.img_size))
+        torch.testing.assert_close(got[i], arch.proj(emb).view(2, 8), rtol=1e-4, atol=1e-5)
+
+
+def test_vision_tower_runs_once_per_distinct_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    images = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8)
+    tower = create_tower("convformer_fm", num_classes=0, depths=(1, 1, 1, 1))
+    seen: list[int] = []
+    tower.register_forward_hook(lambda _m, inputs, _o: seen.append(int(inputs[0].shape[0])))
+    VisionArch(tower, images, 1, 4, frozen=False)(torch.tensor([2, 2, 2, 4, 4, 0, -1]))
+    assert seen == [3]  # images 0, 2 and 4 (the -1 row needs no image)
+    cached = VisionArch(tower, images, 1, 4, frozen=True)
+    seen.clear()
+    cached(torch.tensor([1, 2]))
+    cached(torch.tensor([3, 4, 0]))
+    assert seen == [5], "a frozen tower embeds the catalogue once and then serves from the cache"
+
+
+def test_vision_model_builds_and_trains(tmp_path: Path) -> None:
+    schema = load_schema(
+        write_tiny_dataset(
+            tmp_path / "raw", n=200, image={"items": "items.parquet", "item_column": "item", "array": "images.npy"}
+        )  # fmt: skip
+    )
+    import polars as pl
+
+    pl.DataFrame({"item": list(range(100, 130)), "image_index": list(range(30))}).write_parquet(
+        tmp_path / "raw" / "items.parquet"
+    )
+    np.save(tmp_path / "raw" / "images.npy", np.random.default_rng(0).integers(0, 255, (30, 28, 28), dtype=np.uint8))
+    fmap = fit(schema, tmp_path / "features")
+    transform(schema, tmp_path / "features", "train", fmap)
+    images = np.load(tmp_path / "features" / "images.npy")
+    cfg = ModelConfig(
+        embedding_dim=8, vision=VisionConfig(tower="convformer_fm", tokens=2, overrides={"depths": (1, 1, 1, 1)})
+    )
+    model = RankerTrain(build_ranker(fmap, cfg, images))
+    batch = next(iter(RankLoader(processed_files(tmp_path / "features", "train"), fmap, 16, prefetch=0)))
+    assert (batch.image_index >= 0).all()
+    loss, _ = model(batch)
+    loss.backward()
+    assert model.model.vision_arch is not None
+    assert model.model.vision_arch.proj.weight.grad is not None
+    assert any(p.grad is not None for p in model.model.vision_arch.tower.parameters())
