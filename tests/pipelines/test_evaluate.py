@@ -1,0 +1,99 @@
+"""The evaluation step: export -> streamed scoring -> predictions parquet -> metrics and report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+import yaml
+from sklearn.metrics import roc_auc_score
+
+from features.loader import RankLoader
+from features.processor import FeatureMap, fit, processed_files, transform
+from features.schema import load_schema
+from pipelines.evaluate import evaluate_model
+from pipelines.metrics import EvalConfig
+from ranker.build import ModelConfig, build_ranker
+from ranker.export import export_checkpoint, load_exported
+from ranker.model import RankerTrain
+from tests.helpers import write_tiny_dataset
+
+pytestmark = pytest.mark.e2e
+
+
+def _two_task_schema(path: Path) -> Path:
+    """The tiny data set with a second label, so the whole path runs multi-task."""
+    for split in ("train", "valid", "test"):
+        part = path.parent / f"{split}.parquet"
+        df = pl.read_parquet(part)
+        df.with_columns(((pl.col("price") > 8) & (pl.col("click") == 1)).cast(pl.Int8).alias("buy")).write_parquet(part)
+    data = yaml.safe_load(path.read_text())
+    data["labels"].append({"name": "buy", "column": "buy"})
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("eval")
+    schema = load_schema(_two_task_schema(write_tiny_dataset(root / "raw", n=400)))
+    features = root / "features"
+    fmap = fit(schema, features)
+    for split in ("train", "test"):
+        transform(schema, features, split, fmap, row_group_size=32)
+    cfg = ModelConfig(embedding_dim=8, interaction_kwargs={"num_layers": 1})
+    torch.manual_seed(0)
+    model = RankerTrain(build_ranker(fmap, cfg))
+    dcp.save({"model": model.state_dict()}, checkpoint_id=str(root / "ckpt"), no_dist=True)
+    export_checkpoint(root / "ckpt", fmap, features, cfg, {"note": "test"}, root / "run" / "export")
+    return root / "run" / "export", features
+
+
+def test_export_round_trips(exported) -> None:
+    export_dir, features = exported
+    fmap = FeatureMap.load(export_dir)
+    model = load_exported(export_dir)
+    assert fmap.labels == ("click", "buy")
+    torch.manual_seed(0)  # the fixture's initialisation, rebuilt independently of the export
+    reference = RankerTrain(build_ranker(fmap, ModelConfig(embedding_dim=8, interaction_kwargs={"num_layers": 1})))
+    batch = next(iter(RankLoader(processed_files(features, "test"), fmap, 50, prefetch=0)))
+    torch.testing.assert_close(model(batch), reference.model.eval()(batch))
+
+
+def test_predictions_and_metrics(exported, tmp_path: Path) -> None:
+    export_dir, features = exported
+    manifest = evaluate_model(export_dir, features, tmp_path / "eval", eval_config=EvalConfig(n_bootstrap=20))
+    preds = pl.read_parquet(tmp_path / "eval" / "predictions.parquet")
+    processed = pl.read_parquet(processed_files(features, "test"))
+    assert preds.height == processed.height == manifest["results"]["rows"]
+    assert preds["group_id"].to_list() == processed["group_id"].to_list()
+    assert preds["country"].to_list() == processed["slice_country"].to_list()
+    # Scores equal the exported model's outputs on the same rows, batch by batch.
+    model = load_exported(export_dir)
+    fmap = FeatureMap.load(export_dir)
+    with torch.no_grad():
+        probs = torch.cat([torch.sigmoid(model(b)) for b in RankLoader(processed_files(features, "test"), fmap, 37)])
+    np.testing.assert_allclose(preds.select("score_click", "score_buy").to_numpy(), probs.numpy(), rtol=1e-6)
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    for task in ("click", "buy"):
+        want = roc_auc_score(preds[f"label_{task}"], preds[f"score_{task}"])
+        assert metrics["overall"]["tasks"][task]["metrics"]["auc"]["value"] == pytest.approx(want, abs=1e-12)
+    assert set(metrics["slices"]["country"]) == {"DE", "FR"}
+    assert "<img" in (tmp_path / "eval" / "report.html").read_text()
+    again = evaluate_model(export_dir, features, tmp_path / "eval", eval_config=EvalConfig(n_bootstrap=20))
+    assert again["finished_at"] == manifest["finished_at"], "an unchanged evaluation is skipped"
+
+
+def test_refuses_features_from_another_pipeline(exported, tmp_path: Path) -> None:
+    export_dir, _ = exported
+    schema = load_schema(write_tiny_dataset(tmp_path / "raw", n=200))
+    other = tmp_path / "features"
+    fmap = fit(schema, other)
+    transform(schema, other, "test", fmap)
+    with pytest.raises(ValueError, match="differs from the model's"):
+        evaluate_model(export_dir, other, tmp_path / "eval")
