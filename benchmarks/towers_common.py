@@ -54,18 +54,31 @@ def images_per_second(tower: nn.Module, batch: int, repeats: int = 5) -> float:
 
 
 @torch.no_grad()
-def latency_ms(tower: nn.Module, batch: int = 1, repeats: int = 30) -> dict[str, float]:
-    """Median and best forward latency in milliseconds."""
-    tower.eval()
-    x = torch.randn(batch, tower.in_chans, tower.img_size, tower.img_size)
-    for _ in range(3):
-        tower(x)
-    times = []
+def paired_latency_ms(towers: dict[str, nn.Module], batch: int, repeats: int = 20) -> dict[str, dict[str, float]]:
+    """Forward latency (ms) of several towers, interleaved A, B, A, B, ... so load swings hit all of them alike.
+
+    Returns per tower the median and min over ``repeats``, and ``ratio_to_first``: the median over repeats of
+    (first tower's time / this tower's time) within the same round, the most load-robust speed-up estimate here.
+    """
+    inputs = {n: torch.randn(batch, t.in_chans, t.img_size, t.img_size) for n, t in towers.items()}
+    for name, tower in towers.items():
+        tower.eval()
+        tower(inputs[name])  # warm-up
+    times: dict[str, list[float]] = {n: [] for n in towers}
     for _ in range(repeats):
-        start = time.perf_counter()
-        tower(x)
-        times.append(1e3 * (time.perf_counter() - start))
-    return {"median_ms": statistics.median(times), "min_ms": min(times)}
+        for name, tower in towers.items():
+            start = time.perf_counter()
+            tower(inputs[name])
+            times[name].append(1e3 * (time.perf_counter() - start))
+    first = next(iter(towers))
+    return {
+        n: {
+            "median_ms": statistics.median(t),
+            "min_ms": min(t),
+            "ratio_to_first": statistics.median(a / b for a, b in zip(times[first], t, strict=True)),
+        }
+        for n, t in times.items()
+    }
 
 
 def write_results(stem: str, payload: dict[str, Any], markdown: str) -> None:
