@@ -5,7 +5,9 @@ Typical session::
     ranker data build movielens-100k            # real ratings -> data/raw/movielens-100k
     ranker data build fashion-clicks --rows 200000 --seed 0
     ranker features build data/raw/movielens-100k/schema.yaml   # -> data/features/movielens-100k
-    ranker demo                                 # the whole default job
+    ranker train --config configs/train/movielens-hiformer.yaml --nproc 2
+    ranker evaluate --model runs/movielens-hiformer/export --features data/features/movielens-100k
+    ranker demo                                 # the whole default job (what `make demo` runs)
 
 Every step writes an output directory with a ``manifest.json`` and is skipped when its inputs have not changed
 (``--force`` re-runs it).
