@@ -16,7 +16,8 @@ Images come from ``prepare_images(uint8 photos, tower.in_chans, tower.img_size)`
 Registry: ``create_tower(name, **overrides)`` builds a config, ``list_towers()`` names them,
 ``@register_tower`` adds one (``published=True`` marks full-size 3 x 224 x 224 ImageNet configs).
 Families: EfficientMod (``efficientmod.py``), ConvFormer/CAFormer (``metaformer.py``), ConViT (``convit.py``),
-EET pruned ViT (``eet.py``).
+EET pruned ViT (``eet.py``). ``vision_towers.pretrain`` trains towers on Fashion-MNIST and loads them back (frozen or
+trainable); it is not imported here because it reads the dataset package.
 """
 
 from . import convit, eet, efficientmod, metaformer  # noqa: F401  (importing registers the towers)

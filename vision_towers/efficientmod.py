@@ -17,6 +17,9 @@ variant appends vanilla pre-LN attention blocks (8 heads, head dim max(C/8, 32))
 
 Published configs (3 x 224 x 224, 1000 classes), checked in ``tests/vision_towers/test_efficientmod.py``:
 ``efficientmod_xxs`` 4.74M params / 0.56 GMACs, ``efficientmod_xs`` 6.63M / 0.71, ``efficientmod_s`` 12.90M / 1.32.
+MACs = ``torch.utils.flop_counter.FlopCounterMode`` FLOPs / 2: convolutions and linear layers, not softmax, norms or
+element-wise ops, and (like the reference measurement, taken with fused attention the counter cannot see) without the
+attention score/value matmuls, which add 0.022 / 0.063 / 0.085 GMACs here.
 """
 
 from __future__ import annotations
