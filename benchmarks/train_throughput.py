@@ -48,6 +48,7 @@ from pipelines.train import TrainConfig, load_config, seed_everything  # noqa: E
 MODELS = ("hiformer", "transformer", "hetero_attention", "dcnv2", "dlrm")
 CONFIG = ROOT / "configs" / "train" / "bench-fashion.yaml"
 PARTS = ("sparse_arch", "dense_arch", "interaction", "heads")
+SPLIT_THREADS = 1  # on the shared 2-core box two intra-op threads are several times slower than one
 
 
 def peak_rss_mib() -> float:
@@ -93,7 +94,7 @@ def batches(loader: RankLoader) -> Iterator[RankBatch]:
 
 def worker(args: argparse.Namespace) -> None:
     """One rank of a throughput measurement (under torchrun); rank 0 writes the JSON result."""
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    torch.set_num_threads(args.threads[0])
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     cfg = load_config(CONFIG, {"features": str(args.features), "out_dir": "-", "model.interaction": args.model})
@@ -145,15 +146,15 @@ def worker(args: argparse.Namespace) -> None:
     dist.destroy_process_group()
 
 
-def throughput(model: str, ranks: int, args: argparse.Namespace) -> dict[str, Any]:
+def throughput(model: str, ranks: int, threads: int, args: argparse.Namespace) -> dict[str, Any]:
     """Launches ``worker`` under torchrun (as ``ranker train`` does) and returns its result."""
-    result = Path(f"/tmp/train_throughput-{model}-{ranks}.json")
+    result = Path(f"/tmp/train_throughput-{model}-{ranks}x{threads}.json")
     result.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={ranks}", "--rdzv-backend=c10d",
            "--rdzv-endpoint=127.0.0.1:0", "--nnodes=1", __file__, "--worker", "--model", model,
            "--features", str(args.features), "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--result", str(result)]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // ranks))}
+           "--result", str(result), "--threads", str(threads)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return json.loads(result.read_text())
 
@@ -236,6 +237,7 @@ def split(model: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def split_all(args: argparse.Namespace) -> None:
     """All models' splits in one process (worker mode: a single-rank process group for DMP)."""
+    torch.set_num_threads(SPLIT_THREADS)
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": os.environ.get("SPLIT_PORT", "29533")})
     dist.init_process_group("gloo", rank=0, world_size=1)
     out = [split(model, args) for model in MODELS]
@@ -307,6 +309,13 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="intra-op threads per rank to measure; 0: as `ranker train` (cores // ranks)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_throughput")
     parser.add_argument("--note", action="append", default=[], help="a line for the report's notes")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -327,12 +336,13 @@ def main() -> int:
     runs = []
     for model in MODELS:
         for ranks in args.ranks:
-            runs.append(throughput(model, ranks, args))
-            print(f"[throughput] {model} x{ranks}: {runs[-1]['samples_per_s']:.0f} samples/s", flush=True)
+            for threads in sorted({t or max(1, (os.cpu_count() or 1) // ranks) for t in args.threads}):
+                runs.append(throughput(model, ranks, threads, args))
+                print(f"[throughput] {model} x{ranks} ({threads} threads): {runs[-1]['samples_per_s']:.0f} samples/s")
     split_file = Path("/tmp/train_throughput-split.json")
     split_cmd = [sys.executable, __file__, "--split-worker", "--features", str(args.features), "--steps",
                  str(args.steps), "--warmup", str(args.warmup), "--result", str(split_file)]  # fmt: skip
-    subprocess.run(split_cmd, cwd=ROOT, check=True)
+    subprocess.run(split_cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": str(SPLIT_THREADS)}, check=True)
     split_result = json.loads(split_file.read_text())
     cfg = load_config(CONFIG, {"features": str(args.features), "out_dir": "-"})
     report = {
@@ -341,7 +351,7 @@ def main() -> int:
         "batch_size_per_rank": cfg.batch_size,
         "steps": args.steps,
         "warmup": args.warmup,
-        "threads": os.cpu_count(),
+        "threads": SPLIT_THREADS,
         "throughput": runs,
         "splits": split_result["splits"],
         "split_peak_rss_mib": split_result["peak_rss_mib"],
