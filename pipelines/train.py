@@ -295,7 +295,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at_step: int = 0) -> dict
                     print(f"[train] step {state.step}: " + json.dumps(record), flush=True)
                 if stop_at_step and state.step >= stop_at_step:
                     return {"interrupted_at": state.step}
-                if state.bad_evals >= cfg.patience:
+                if state.bad_evals >= cfg.patience and state.step < total_steps:
                     stopped_early = True
             if stopped_early or state.step >= total_steps:
                 break
@@ -351,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     cfg = load_config(args.config, parse_overrides(args.set))
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    default_threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", default_threads)))
     init_distributed()
     try:
         train(cfg, resume=args.resume, stop_at_step=args.stop_at_step)
