@@ -139,7 +139,7 @@ def _cmd_pretrain_tower(args: argparse.Namespace) -> int:
 
     from vision_towers.pretrain import evaluate, fmnist_subset, pretrain
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
     tower = pretrain(args.name, args.out, n_train=args.n_train, epochs=args.epochs, seed=args.seed)
     images, labels = fmnist_subset("test", args.n_eval, args.seed)
     print(f"{args.name}: Fashion-MNIST test accuracy {evaluate(tower, images, labels):.4f} on {args.n_eval} images")
