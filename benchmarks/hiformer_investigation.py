@@ -155,6 +155,43 @@ def segment_metrics(run_summary: dict[str, Any], data_dir: Path, scratch: Path) 
     return out
 
 
+def paired_gap(
+    scratch: Path, data_dir: Path, a: list[str], b: list[str], split: str = "test", n_boot: int = 300
+) -> dict[str, Any]:
+    """AUC(a) - AUC(b) per user segment, averaged over seeds, with a paired row bootstrap (same rows for both).
+
+    ``a`` and ``b`` are run directory names whose ``<name>-<split>.parquet`` predictions exist in ``scratch``.
+    """
+    import polars as pl
+
+    from features.processor import processed_files
+    from pipelines import metrics
+
+    features = data_dir / "features" / DATASET
+    users = pl.concat([pl.read_parquet(f, columns=["user_id"]) for f in processed_files(features, split)])
+    cold = users["user_id"].to_numpy() == OOV_ID
+    y = pl.read_parquet(scratch / f"{a[0]}-{split}.parquet")["label_like"].to_numpy()
+
+    def scores(names: list[str]) -> list[np.ndarray]:
+        return [pl.read_parquet(scratch / f"{n}-{split}.parquet")["score_like"].to_numpy() for n in names]
+
+    sa, sb = scores(a), scores(b)
+    rng = np.random.default_rng(0)
+    out: dict[str, Any] = {}
+    for name, mask in (("all", np.ones_like(cold)), ("warm", ~cold), ("cold", cold)):
+        idx = np.flatnonzero(mask)
+
+        def gap(rows: np.ndarray) -> float:
+            return float(
+                np.mean([metrics.auc(s[rows], y[rows]) for s in sa])
+                - np.mean([metrics.auc(s[rows], y[rows]) for s in sb])
+            )
+
+        boot = [gap(rng.choice(idx, size=idx.size)) for _ in range(n_boot)]
+        out[name] = {"gap": gap(idx), "ci95": [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))]}
+    return out
+
+
 def mean_std(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
@@ -234,6 +271,16 @@ def main() -> int:
                         "best_step": r["best_step"],
                     }
         report["diagnose"] = diag
+        gaps: dict[str, Any] = {}
+        for va in sorted({"default", report.get("selected", {}).get("hiformer", "default")}):
+            for vb in sorted({"default", report.get("selected", {}).get("dcnv2", "default")}):
+                if all(f"{m}/{v}/s{s}" in diag for m, v in (("hiformer", va), ("dcnv2", vb)) for s in SEEDS):
+                    names = [[run_dir(runs, m, v, s).name for s in SEEDS] for m, v in (("hiformer", va), ("dcnv2", vb))]
+                    for split in ("valid", "test"):
+                        gaps[f"hiformer/{va} - dcnv2/{vb} ({split})"] = paired_gap(
+                            scratch, args.data_dir, *names, split
+                        )
+        report["auc_gap_by_segment"] = gaps
         args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
