@@ -43,6 +43,7 @@ SEEDS = (0, 1, 2)
 NPROC = 2
 OOV_ID = 1
 MODELS = ("hiformer", "dcnv2")
+ROUND1 = 4  # the first 4 extra configurations of each model form round 1; the next 4 round 2
 # Extra configurations, the same number per model (interaction kwargs on top of the registered defaults).
 TUNE: dict[str, dict[str, dict[str, Any]]] = {
     "hiformer": {
@@ -50,12 +51,22 @@ TUNE: dict[str, dict[str, dict[str, Any]]] = {
         "composite": {"query_mode": "composite"},
         "layers1": {"num_layers": 1},
         "rank16-32": {"rank_k": 16, "rank_v": 32},
+        # round 2 (chosen after round 1's validation AUCs only)
+        "heads4": {"num_heads": 4},
+        "ffn32": {"ffn_hidden": 32},
+        "postnorm": {"norm": "post"},
+        "fullrank": {"rank_k": None, "rank_v": None},
     },
     "dcnv2": {
         "cross2": {"num_cross_layers": 2},
         "cross4": {"num_cross_layers": 4},
         "lowrank32": {"low_rank": 32},
         "parallel": {"structure": "parallel"},
+        # round 2 (chosen after round 1's validation AUCs only)
+        "cross1": {"num_cross_layers": 1},
+        "parallel-cross2": {"structure": "parallel", "num_cross_layers": 2},
+        "parallel-lowrank32": {"structure": "parallel", "low_rank": 32},
+        "mlp512-256": {"hidden": [512, 256]},
     },
 }
 
@@ -74,11 +85,17 @@ def train_command(model: str, kwargs: dict[str, Any], seed: int, out_dir: Path, 
         "model.interaction": model,
         "optim.dense_lr": f"{DENSE_LR:g}",
         "seed": str(seed),
-    } | {f"model.interaction_kwargs.{k}": str(v) for k, v in kwargs.items()}
+    } | {f"model.interaction_kwargs.{k}": "null" if v is None else str(v) for k, v in kwargs.items()}
     cmd = ["python", "-m", "pipelines.cli", "train", "--config", CONFIG, "--nproc", str(NPROC)]
     for key, value in sets.items():
         cmd += ["--set", f"{key}={value}"]
     return cmd
+
+
+def kept_variants(report: dict[str, Any], model: str) -> list[str]:
+    """Defaults, the round-1 and the final (round 1 + 2) valid-selected configurations of ``model``."""
+    picks = {"default", report.get("selected_round1", {}).get(model, "default")}
+    return sorted(picks | {report.get("selected", {}).get(model, "default")})
 
 
 def kwargs_of(model: str, variant: str) -> dict[str, Any]:
@@ -227,13 +244,17 @@ def main() -> int:
             for m, rows in tune.items()
         }
         report["selected"] = {m: max(rows, key=lambda r: r["best_valid_auc"])["variant"] for m, rows in tune.items()}
-        print(json.dumps(report["selected"]), flush=True)
+        # After round 1 only (defaults + the first ROUND1 extra configurations of each model).
+        report["selected_round1"] = {
+            m: max(rows[: 1 + ROUND1], key=lambda r: r["best_valid_auc"])["variant"] for m, rows in tune.items()
+        }
+        print(json.dumps({"selected": report["selected"], "round1": report["selected_round1"]}), flush=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
 
     if "seeds" in args.phases:
         seeds: dict[str, Any] = {}
         for model in MODELS:
-            for variant in sorted({"default", report["selected"][model]}):
+            for variant in kept_variants(report, model):
                 rows = [run(model, variant, s, runs, args.data_dir) for s in SEEDS]
                 seeds[f"{model}/{variant}"] = {
                     "runs": [
@@ -253,7 +274,7 @@ def main() -> int:
         scratch.mkdir(exist_ok=True)
         diag: dict[str, Any] = {}
         for model in MODELS:
-            variants = sorted({"default", report.get("selected", {}).get(model, "default")})
+            variants = kept_variants(report, model)
             for variant in variants:
                 for seed in SEEDS:
                     if not (run_dir(runs, model, variant, seed) / "results.json").exists():
@@ -272,14 +293,15 @@ def main() -> int:
                     }
         report["diagnose"] = diag
         gaps: dict[str, Any] = {}
-        for va in sorted({"default", report.get("selected", {}).get("hiformer", "default")}):
-            for vb in sorted({"default", report.get("selected", {}).get("dcnv2", "default")}):
-                if all(f"{m}/{v}/s{s}" in diag for m, v in (("hiformer", va), ("dcnv2", vb)) for s in SEEDS):
-                    names = [[run_dir(runs, m, v, s).name for s in SEEDS] for m, v in (("hiformer", va), ("dcnv2", vb))]
-                    for split in ("valid", "test"):
-                        gaps[f"hiformer/{va} - dcnv2/{vb} ({split})"] = paired_gap(
-                            scratch, args.data_dir, *names, split
-                        )
+        pairs = {("default", "default")} | {
+            (report.get(key, {}).get("hiformer", "default"), report.get(key, {}).get("dcnv2", "default"))
+            for key in ("selected_round1", "selected")
+        }
+        for va, vb in sorted(pairs):
+            if all(f"{m}/{v}/s{s}" in diag for m, v in (("hiformer", va), ("dcnv2", vb)) for s in SEEDS):
+                names = [[run_dir(runs, m, v, s).name for s in SEEDS] for m, v in (("hiformer", va), ("dcnv2", vb))]
+                for split in ("valid", "test"):
+                    gaps[f"hiformer/{va} - dcnv2/{vb} ({split})"] = paired_gap(scratch, args.data_dir, *names, split)
         report["auc_gap_by_segment"] = gaps
         args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
