@@ -8,11 +8,15 @@ Every run is ``ranker train`` on one shared base config (``configs/train/bench-f
 Per run: test AUC overall, on cold items (unseen in training) and on warm items, with bootstrap intervals from
 ``ranker evaluate --bootstrap``, next to the data set's Bayes-optimal AUCs (``results.bayes_auc`` of the raw
 manifest); per tower: parameters, MACs per image, pretraining accuracy; wall times of pretraining, training and
-evaluation.
+evaluation. Each tower run is also compared with the no-image run of the same seed on the same test impressions
+(paired request-level bootstrap of the AUC difference). ``--untrained`` adds control runs of a tower frozen at its
+random initialisation; ``--seeds`` repeats everything over training seeds.
 
 Usage::
 
     python benchmarks/image_towers_ranker.py --data-dir /tmp/itb     # runs what is missing, writes results
+    python benchmarks/image_towers_ranker.py --data-dir /tmp/itb --seeds 0 1 2 --untrained caformer_fm \
+        --conclusion conclusion.md                                  # the recorded results
 
 Finished steps (tower checkpoints, ``<run>/results.json``, ``<run>/eval-test/metrics.json``) are reused, so the script
 can be stopped and rerun; the results files are rewritten after every run. A failing tower is recorded and skipped.
