@@ -27,11 +27,20 @@ def build_dataset(
     config = {"name": name} if name == "movielens-100k" else {"name": name, "rows": rows, "seed": seed}
     fp = steps.fingerprint(config)
     if not force and steps.is_complete(out_dir, "data", fp):
+        _copy_schema(name, out_dir)  # the data are unchanged, but the packaged schema may be newer
         return steps.read_manifest(out_dir) or {}
     started = time.time()
     if name == "movielens-100k":
         results: dict[str, Any] = movielens.build_movielens(out_dir)
     else:
         results = fashion_clicks.build_fashion_clicks(out_dir, rows=rows, seed=seed, progress=progress)
-    shutil.copyfile(_SCHEMAS / f"{name}.yaml", out_dir / "schema.yaml")
+    _copy_schema(name, out_dir)
     return steps.write_manifest(out_dir, "data", fp, config, results, started)
+
+
+def _copy_schema(name: str, out_dir: Path) -> None:
+    """Writes the packaged schema beside the data, touching the file only when its content changed."""
+    target = out_dir / "schema.yaml"
+    source = _SCHEMAS / f"{name}.yaml"
+    if not target.exists() or target.read_bytes() != source.read_bytes():
+        shutil.copyfile(source, target)
