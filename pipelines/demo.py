@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from features.processor import FEATURE_MAP
 from features.strict_yaml import to_dict
 from pipelines.build_features import build_features
 from pipelines.data import build_dataset
@@ -25,13 +26,16 @@ TOWER = "caformer_fm"
 
 
 def _train(config: Path, overrides: dict[str, str], nproc: int) -> dict[str, Any]:
-    """Trains unless a finished run with the same resolved config exists; returns its results.json."""
+    """Trains unless a finished run with the same resolved config and feature map exists; returns results.json."""
     sets = [f"{k}={v}" for k, v in overrides.items()]
     cfg = load_config(config, parse_overrides(sets))
     out = Path(cfg.out_dir)
     done = out / "results.json"
     saved = out / "export" / "train_config.json"
-    if done.exists() and saved.exists() and json.loads(saved.read_text()) == json.loads(json.dumps(to_dict(cfg))):
+    same_config = saved.exists() and json.loads(saved.read_text()) == json.loads(json.dumps(to_dict(cfg)))
+    map_now, map_then = Path(cfg.features) / FEATURE_MAP, out / "export" / FEATURE_MAP
+    same_features = map_then.exists() and map_now.read_bytes() == map_then.read_bytes()
+    if done.exists() and same_config and same_features:
         print(f"[demo] {out}: already trained with this config, skipping")
     else:
         code = launch_training(config, nproc, sets)
