@@ -95,7 +95,8 @@ class VisionArch(nn.Module):
 
     Example::
 
-        arch = VisionArch(create_tower("convformer_fm", num_classes=0), torch.zeros(4, 1, 28, 28, torch.uint8), 2, 8)
+        photos = torch.zeros(4, 1, 28, 28, dtype=torch.uint8)
+        arch = VisionArch(create_tower("convformer_fm", num_classes=0), photos, num_tokens=2, dim=8, frozen=True)
         arch(torch.tensor([0, 3, 3, -1])).shape  # (4, 2, 8); -1 = no image -> learned token
     """
 
