@@ -36,7 +36,12 @@ from ._registry import register_tower
 
 
 class ContextBranch(nn.Module):
-    """Context of the modulation: Linear -> depthwise k x k conv -> GELU -> Linear, channel-last B x H x W x C."""
+    """Context of the modulation: Linear -> depthwise k x k conv -> GELU -> Linear, channel-last B x H x W x C.
+
+    Args:
+        dim: channels C.
+        kernel_size: depthwise kernel (7 in every released config).
+    """
 
     def __init__(self, dim: int, kernel_size: int = 7) -> None:
         super().__init__()
@@ -84,7 +89,14 @@ class EfficientModBlock(nn.Module):
 
 
 class ConvNorm(nn.Module):
-    """Strided conv + LayerNorm, channel-last output: stem (7x7 s4) and downsampling (3x3 s2) layers."""
+    """Strided conv + LayerNorm, channel-last output: stem (7x7 s4) and downsampling (3x3 s2) layers.
+
+    Args:
+        in_dim: input channels.
+        out_dim: output channels.
+        kernel_size: conv kernel.
+        stride: conv stride.
+    """
 
     def __init__(self, in_dim: int, out_dim: int, kernel_size: int, stride: int) -> None:
         super().__init__()
