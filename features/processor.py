@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from features import images as image_store
 from features.schema import FIRST_ID, MISSING_ID, OOV_ID, Schema, SparseFeature
@@ -37,6 +38,7 @@ HASH_ALGORITHM = "blake2b-64"
 FEATURE_MAP = "feature_map.json"
 TRAIN_ITEMS = "train_items.parquet"
 DEFAULT_ROW_GROUP = 65_536
+DEFAULT_WINDOW = 1_000_000  # rows transformed at a time (bounds transform memory)
 SLICE_PREFIX = "slice_"
 
 
@@ -138,12 +140,19 @@ class FeatureMap:
         return cls(**raw)
 
 
-def _flagged_scan(path: Path, schema: Schema, known_items: pl.Series | None) -> pl.LazyFrame:
+def _flagged_scan(
+    path: Path, schema: Schema, known_items: pl.Series | None, window: tuple[int, int] | None = None
+) -> pl.LazyFrame:
+    """The file's rows (``window`` = (first row, row count) of them) with a row index and a problem column."""
     check_file(path, schema)
+    scan = pl.scan_parquet(path)
+    start = 0
+    if window is not None:
+        start, length = window
+        scan = scan.slice(start, length)
     return (
-        pl.scan_parquet(path)
-        .select(schema.feature_columns)
-        .with_row_index(ROW_COLUMN)
+        scan.select(schema.feature_columns)
+        .with_row_index(ROW_COLUMN, offset=start)
         .with_columns(row_problem(schema, known_items))
     )
 
@@ -324,8 +333,14 @@ def transform(
     split: str,
     fmap: FeatureMap | None = None,
     row_group_size: int = DEFAULT_ROW_GROUP,
+    window_rows: int = DEFAULT_WINDOW,
 ) -> SplitReport:
-    """Writes ``out_dir/<split>/part-NNNNN.parquet`` (and ``out_dir/quarantine/<split>-part-NNNNN.parquet``)."""
+    """Writes ``out_dir/<split>/part-NNNNN-WWWW.parquet`` (and ``out_dir/quarantine/<split>-part-NNNNN.parquet``).
+
+    Each input file is transformed in windows of ``window_rows`` rows, one output file per window, in input order:
+    the id mappings (``replace_strict``) do not stream in polars 2.1, so without windows the peak memory grew with
+    the file (measured on 8M rows: 2.2 GB, against a few hundred MB per 1M-row window).
+    """
     fmap = fmap or FeatureMap.load(out_dir)
     items = image_store.load_items(out_dir) if schema.image else None
     known = items["item_id"] if items is not None else None
@@ -337,7 +352,7 @@ def transform(
     reasons: dict[str, int] = {}
     files = schema.split_files(split)
     for i, path in enumerate(files):
-        clean, problems = _clean_rows(path, schema, known)
+        _, problems = _clean_rows(path, schema, known)
         n_bad = int(problems["rows"].sum()) if problems.height else 0
         for row in problems.to_dicts():
             reasons[row[REASON_COLUMN]] = reasons.get(row[REASON_COLUMN], 0) + int(row["rows"])
@@ -348,14 +363,19 @@ def transform(
             flagged.filter(pl.col(REASON_COLUMN).is_not_null()).with_columns(
                 pl.lit(str(path)).alias("_file")
             ).sink_parquet(qdir / f"{split}-part-{i:05d}.parquet")
-        out_path = split_dir / f"part-{i:05d}.parquet"
-        clean.select(_output_exprs(fmap, out_dir, clean, items)).sink_parquet(
-            out_path, row_group_size=row_group_size, compression="zstd"
-        )
-        n_out = pl.scan_parquet(out_path).select(pl.len()).collect().item()
-        rows_in += n_out + n_bad
-        rows_out += n_out
+        n_rows = pq.ParquetFile(path).metadata.num_rows
+        for j, start in enumerate(range(0, n_rows, window_rows)):
+            window = _flagged_scan(path, schema, known, (start, window_rows))
+            clean = window.filter(pl.col(REASON_COLUMN).is_null())
+            out_path = split_dir / f"part-{i:05d}-{j:04d}.parquet"
+            clean.select(_output_exprs(fmap, out_dir, clean, items)).sink_parquet(
+                out_path, row_group_size=row_group_size, compression="zstd"
+            )
+            rows_out += pq.ParquetFile(out_path).metadata.num_rows
+        rows_in += n_rows
         quarantined += n_bad
+    if rows_out + quarantined != rows_in:
+        raise RuntimeError(f"{split}: {rows_in} rows in but {rows_out} out + {quarantined} quarantined")
     return SplitReport(split, len(files), rows_in, rows_out, quarantined, reasons)
 
 

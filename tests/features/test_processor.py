@@ -118,3 +118,16 @@ def test_row_groups_follow_the_requested_size(tiny_data, tmp_path: Path) -> None
     meta = pq.ParquetFile(processed_files(out, "train")[0]).metadata
     sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
     assert sum(sizes) == 1000 and max(sizes) <= 128 and len(sizes) >= 8
+
+
+def test_windows_give_the_same_output(tiny_data, tmp_path: Path) -> None:
+    schema = load_schema(tiny_data(n=1000))
+    fmap = fit(schema, tmp_path / "a")
+    fit(schema, tmp_path / "b")
+    whole = transform(schema, tmp_path / "a", "train", fmap)
+    windowed = transform(schema, tmp_path / "b", "train", fmap, window_rows=96)
+    assert whole == windowed
+    assert len(processed_files(tmp_path / "b", "train")) == 11  # ceil(1000 / 96) windows, in input order
+    assert pl.read_parquet(processed_files(tmp_path / "a", "train")).equals(
+        pl.read_parquet(processed_files(tmp_path / "b", "train"))
+    )
