@@ -35,6 +35,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.model_quality import train_command  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = "movielens-100k"
 CONFIG = "configs/train/bench-movielens.yaml"
@@ -78,20 +81,6 @@ def run_dir(runs: Path, model: str, variant: str, seed: int) -> Path:
     return runs / f"{model}-{variant}-s{seed}"
 
 
-def train_command(model: str, kwargs: dict[str, Any], seed: int, out_dir: Path, data_dir: Path) -> list[str]:
-    sets = {
-        "features": str(data_dir / "features" / DATASET),
-        "out_dir": str(out_dir),
-        "model.interaction": model,
-        "optim.dense_lr": f"{DENSE_LR:g}",
-        "seed": str(seed),
-    } | {f"model.interaction_kwargs.{k}": "null" if v is None else str(v) for k, v in kwargs.items()}
-    cmd = ["python", "-m", "pipelines.cli", "train", "--config", CONFIG, "--nproc", str(NPROC)]
-    for key, value in sets.items():
-        cmd += ["--set", f"{key}={value}"]
-    return cmd
-
-
 def kept_variants(report: dict[str, Any], model: str) -> list[str]:
     """Defaults, the round-1 and the final (round 1 + 2) valid-selected configurations of ``model``."""
     picks = {"default", report.get("selected_round1", {}).get(model, "default")}
@@ -105,7 +94,7 @@ def kwargs_of(model: str, variant: str) -> dict[str, Any]:
 def run(model: str, variant: str, seed: int, runs: Path, data_dir: Path) -> dict[str, Any]:
     """Trains one configuration unless its results exist; returns its summary."""
     out_dir = run_dir(runs, model, variant, seed)
-    cmd = train_command(model, kwargs_of(model, variant), seed, out_dir, data_dir)
+    cmd = train_command(DATASET, model, DENSE_LR, seed, out_dir, data_dir, kwargs_of(model, variant))
     result_file = out_dir / "results.json"
     if not result_file.exists():
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -52,7 +52,15 @@ def run_name(dataset: str, model: str, lr: float, seed: int) -> str:
     return f"{dataset}/{model}-lr{lr:g}-s{seed}"
 
 
-def train_command(dataset: str, model: str, lr: float, seed: int, out_dir: Path, data_dir: Path) -> list[str]:
+def train_command(
+    dataset: str,
+    model: str,
+    lr: float,
+    seed: int,
+    out_dir: Path,
+    data_dir: Path,
+    interaction_kwargs: dict[str, Any] | None = None,
+) -> list[str]:
     """The ``ranker train`` command line of one run (features read from ``data_dir``)."""
     sets = {
         "features": str(data_dir / "features" / dataset),
@@ -60,6 +68,8 @@ def train_command(dataset: str, model: str, lr: float, seed: int, out_dir: Path,
         "model.interaction": model,
         "optim.dense_lr": f"{lr:g}",
         "seed": str(seed),
+    } | {
+        f"model.interaction_kwargs.{k}": "null" if v is None else str(v) for k, v in (interaction_kwargs or {}).items()
     }
     cmd = ["python", "-m", "pipelines.cli", "train", "--config", CONFIGS[dataset], "--nproc", str(NPROC)]
     for key, value in sets.items():
