@@ -160,7 +160,7 @@ def _flagged_scan(
 def _clean_rows(path: Path, schema: Schema, known_items: pl.Series | None) -> tuple[pl.LazyFrame, pl.DataFrame]:
     """The file's good rows, and the per-reason problem summary (raising in ``bad_rows: error`` mode)."""
     flagged = _flagged_scan(path, schema, known_items)
-    problems = summarise_problems(path, flagged)
+    problems = summarise_problems(flagged)
     if schema.bad_rows == "error":
         raise_for_problems(path, problems)
     return flagged.filter(pl.col(REASON_COLUMN).is_null()), problems

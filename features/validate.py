@@ -24,10 +24,6 @@ class DataError(ValueError):
     """Input data that does not match its schema; the message names file, column and problem."""
 
 
-def _is_integer(dtype: pl.DataType) -> bool:
-    return dtype.is_integer()
-
-
 def _kind_ok(dtype: pl.DataType, allowed: str) -> bool:
     if allowed == "id":
         return dtype.is_integer() or dtype == pl.String or dtype == pl.Categorical
@@ -67,7 +63,7 @@ def check_file(path: Path, schema: Schema) -> pl.Schema:
     for f in schema.sparse:
         if f.encoding == "identity":
             inner = file_schema[f.column].inner if f.kind == "multi" else file_schema[f.column]
-            if not _is_integer(inner):
+            if not inner.is_integer():
                 raise DataError(f"{path}: column {f.column!r} (identity-encoded {f.name!r}) must hold integers")
     return file_schema
 
@@ -113,7 +109,7 @@ def row_problem(schema: Schema, known_items: pl.Series | None) -> pl.Expr:
     return expr.alias(REASON_COLUMN)
 
 
-def summarise_problems(path: Path, flagged: pl.LazyFrame) -> pl.DataFrame:
+def summarise_problems(flagged: pl.LazyFrame) -> pl.DataFrame:
     """Counts of bad rows per reason, with the first row index of each (empty when the file is clean)."""
     return (
         flagged.filter(pl.col(REASON_COLUMN).is_not_null())

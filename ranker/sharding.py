@@ -51,30 +51,26 @@ def _table_names(model: nn.Module) -> list[str]:
 
 def plan(
     model: nn.Module,
-    world_size: int,
     device: torch.device,
+    pg: dist.ProcessGroup,
     sharding_types: Sequence[str] = (),
     batch_size: int = 1024,
-    pg: dist.ProcessGroup | None = None,
 ) -> ShardingPlan:
     """The planner's plan for ``model``'s embedding tables, optionally restricted to ``sharding_types``.
 
-    With a process group, ranks agree on one plan (``collective_plan``); without, the plan is computed locally
-    (every rank computes the same plan from the same inputs).
+    All ranks of ``pg`` agree on one plan (``collective_plan``).
     """
     constraints = None
     if sharding_types:
         constraints = {name: ParameterConstraints(sharding_types=list(sharding_types)) for name in _table_names(model)}
     planner = EmbeddingShardingPlanner(
-        topology=Topology(world_size=world_size, compute_device=device.type),
+        topology=Topology(world_size=pg.size(), compute_device=device.type),
         batch_size=batch_size,
         constraints=constraints,
         debug=False,
     )
     sharders = [sharder(0.01)]  # the learning rate does not affect the plan
-    if pg is not None:
-        return planner.collective_plan(model, sharders, pg)  # type: ignore[arg-type]
-    return planner.plan(model, sharders)  # type: ignore[arg-type]
+    return planner.collective_plan(model, sharders, pg)  # type: ignore[arg-type]
 
 
 def distribute(
@@ -88,7 +84,7 @@ def distribute(
     """Wraps ``model`` (embedding tables on ``meta`` or a real device) in DistributedModelParallel."""
     pg = dist.GroupMember.WORLD
     assert pg is not None, "distribute() needs an initialised default process group"
-    shard_plan = plan(model, dist.get_world_size(), device, sharding_types, batch_size, pg)
+    shard_plan = plan(model, device, pg, sharding_types, batch_size)
     sharders = [sharder(sparse_lr, sparse_optimizer)]
     return DistributedModelParallel(module=model, device=device, plan=shard_plan, sharders=sharders)  # type: ignore[list-item]
 
