@@ -138,7 +138,7 @@ def fashion_check(seed: int, runs: Path, data_dir: Path) -> dict[str, Any]:
         "model.interaction": "hiformer",
         "optim.dense_lr": f"{DENSE_LR:g}",
         "seed": str(seed),
-        "model.interaction_kwargs.norm": "post",
+        "model.interaction_kwargs.hiformer.norm": "post",
     }.items():
         cmd += ["--set", f"{key}={value}"]
     if not (out_dir / "results.json").exists():

@@ -69,7 +69,8 @@ def train_command(
         "optim.dense_lr": f"{lr:g}",
         "seed": str(seed),
     } | {
-        f"model.interaction_kwargs.{k}": "null" if v is None else str(v) for k, v in (interaction_kwargs or {}).items()
+        f"model.interaction_kwargs.{model}.{k}": "null" if v is None else str(v)
+        for k, v in (interaction_kwargs or {}).items()
     }
     cmd = ["python", "-m", "pipelines.cli", "train", "--config", CONFIGS[dataset], "--nproc", str(NPROC)]
     for key, value in sets.items():

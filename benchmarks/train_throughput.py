@@ -57,21 +57,19 @@ def peak_rss_mib() -> float:
 
 def build(cfg: TrainConfig, fmap: FeatureMap) -> tuple[nn.Module, Any, list[torch.Tensor], dict[str, str]]:
     """The DMP-wrapped model, its combined optimiser, the clipped dense parameters and the sharding plan."""
-    from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
-    from torchrec.optim.optimizers import in_backward_optimizer_filter
-
     from ranker.build import build_ranker
     from ranker.model import RankerTrain
-    from ranker.sharding import describe_plan, distribute
+    from ranker.sharding import build_optimizers, describe_plan, distribute
 
     model = RankerTrain(build_ranker(fmap, cfg.model, sparse_device=torch.device("meta")))
     dmp = distribute(model, torch.device("cpu"), cfg.optim.sparse_lr, (), cfg.batch_size, cfg.optim.sparse_optimizer)
-    dense = KeyedOptimizerWrapper(
-        dict(in_backward_optimizer_filter(dmp.named_parameters())),
+    optimizers = build_optimizers(
+        dmp,
         lambda params: torch.optim.Adam(params, lr=cfg.optim.dense_lr),
+        cfg.optim.sparse_optimizer,
+        cfg.optim.sparse_lr,
     )
-    params = [p for _, p in in_backward_optimizer_filter(dmp.named_parameters()) if p.requires_grad]
-    return dmp, CombinedOptimizer([dmp.fused_optimizer, dense]), params, describe_plan(dmp)
+    return dmp, optimizers.combined, optimizers.dense_params, describe_plan(dmp)
 
 
 def train_step(dmp: nn.Module, optimizer: Any, params: list[torch.Tensor], batch: RankBatch, clip: float) -> None:

@@ -33,8 +33,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
-from torchrec.optim.optimizers import in_backward_optimizer_filter
+from torchrec.optim.keyed import CombinedOptimizer
 
 from features.batch import RankBatch
 from features.images import load_images
@@ -45,7 +44,7 @@ from pipelines import metrics as M
 from ranker import export
 from ranker.build import ModelConfig, build_ranker
 from ranker.model import RankerTrain
-from ranker.sharding import describe_plan, distribute
+from ranker.sharding import build_optimizers, describe_plan, distribute
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -140,14 +139,16 @@ def task_metrics(pred: dict[str, np.ndarray], tasks: tuple[str, ...]) -> dict[st
 
 
 def validate(model: torch.nn.Module, loader: RankLoader, device: torch.device, tasks: tuple[str, ...]) -> dict:
-    """Exact metrics over every rank's share: predictions gathered to rank 0, results broadcast to all."""
+    """Exact metrics over every rank's share: predictions gathered to rank 0 only, results broadcast to all."""
     model.eval()
     local = predict(loader, lambda batch: model(batch.to(device))[1][1])
     model.train()
-    gathered: list[dict[str, np.ndarray] | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, local)
+    rank0 = dist.get_rank() == 0
+    gathered: list[dict[str, np.ndarray] | None] | None = [None] * dist.get_world_size() if rank0 else None
+    dist.gather_object(local, gathered, dst=0)
     result: list[dict | None] = [None]
-    if dist.get_rank() == 0:
+    if rank0:
+        assert gathered is not None
         cat = {k: np.concatenate([g[k] for g in gathered if g is not None]) for k in ("p", "y", "w", "g")}
         result[0] = task_metrics(cat, tasks)
     dist.broadcast_object_list(result, src=0)
@@ -219,11 +220,13 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at_step: int = 0) -> dict
     images = np.asarray(load_images(features)) if cfg.model.vision else None
     model = RankerTrain(build_ranker(fmap, cfg.model, images, sparse_device=torch.device("meta")))
     dmp = distribute(model, device, cfg.optim.sparse_lr, cfg.sharding_types, cfg.batch_size, cfg.optim.sparse_optimizer)
-    dense = KeyedOptimizerWrapper(
-        dict(in_backward_optimizer_filter(dmp.named_parameters())),
+    optimizers = build_optimizers(
+        dmp,
         lambda params: torch.optim.Adam(params, lr=cfg.optim.dense_lr, weight_decay=cfg.optim.weight_decay),
+        cfg.optim.sparse_optimizer,
+        cfg.optim.sparse_lr,
     )
-    optimizer = CombinedOptimizer([dmp.fused_optimizer, dense])
+    optimizer, dense = optimizers.combined, optimizers.dense
     train_loader = RankLoader(
         processed_files(features, "train"), fmap, cfg.batch_size, rank, world, True, cfg.seed, "train", cfg.prefetch
     )
@@ -246,7 +249,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at_step: int = 0) -> dict
         print(f"[train] {world} rank(s) on {device}; plan {describe_plan(dmp)}", flush=True)
         print(f"[train] {steps_per_epoch} steps/epoch, {total_steps} steps; resume from step {state.step}", flush=True)
 
-    dense_params = [p for _, p in in_backward_optimizer_filter(dmp.named_parameters()) if p.requires_grad]
+    dense_params = optimizers.dense_params
     stopped_early, started, loss_sum, loss_n = False, time.time(), 0.0, 0
     window_sum, window_n = 0.0, 0  # training loss since the last validation, for the history
     while state.step < total_steps and not stopped_early:
@@ -331,11 +334,17 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at_step: int = 0) -> dict
     return shared[0]
 
 
+def process_group_backend(cuda: bool) -> str:
+    """gloo on CPU; on GPUs nccl for CUDA tensors *and* gloo for the CPU ones (losses, object collectives)."""
+    return "cpu:gloo,cuda:nccl" if cuda else "gloo"
+
+
 def init_distributed() -> None:
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if torch.cuda.is_available():
+    cuda = torch.cuda.is_available()
+    if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group(backend, timeout=timedelta(seconds=int(os.environ.get("RANKER_DIST_TIMEOUT", 600))))
+    timeout = timedelta(seconds=int(os.environ.get("RANKER_DIST_TIMEOUT", 600)))
+    dist.init_process_group(process_group_backend(cuda), timeout=timeout)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,12 +12,16 @@ import torch
 from features.processor import FeatureMap
 from ranker import interactions
 from ranker.model import DenseArch, Ranker, SparseArch, TaskHeads, VisionArch
-from vision_towers import create_tower
+from vision_towers import create_tower, list_towers, tower_parameters
 
 
 @dataclass(frozen=True)
 class VisionConfig:
-    """Which image tower feeds the ranker, and how."""
+    """Which image tower feeds the ranker, and how.
+
+    ``overrides`` are the tower's constructor arguments (``vision_towers.tower_parameters(tower)``); unknown ones
+    are rejected when the config is loaded.
+    """
 
     tower: str
     tokens: int = 1  # image tokens per row
@@ -25,21 +29,52 @@ class VisionConfig:
     pretrained: str | None = None  # a state dict saved by vision_towers.pretrain
     overrides: dict[str, Any] = field(default_factory=dict)  # tower constructor overrides
 
+    def __post_init__(self) -> None:
+        if self.tower not in list_towers():
+            raise ValueError(f"vision.tower: unknown tower {self.tower!r}; registered: {list_towers()}")
+        if self.tokens < 1:
+            raise ValueError(f"vision.tokens must be >= 1, got {self.tokens}")
+        allowed = sorted(set(tower_parameters(self.tower)) - {"num_classes"})  # the ranker uses no classifier
+        unknown = sorted(set(self.overrides) - set(allowed))
+        if unknown:
+            raise ValueError(f"vision.overrides: unknown key(s) {unknown} for tower {self.tower!r}; valid: {allowed}")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The ranker's architecture. ``interaction`` is a name from ``ranker.interactions.list_names()``."""
+    """The ranker's architecture.
+
+    ``interaction`` is a name from ``ranker.interactions.list_names()``. ``interaction_kwargs`` holds one section
+    of hyper-parameters per interaction name (``{hiformer: {num_layers: 2}, dcnv2: {structure: parallel}}``);
+    only the chosen interaction's section is used, so ``--set model.interaction=dcnv2`` switches models without
+    editing the file. Every section is checked against its interaction's signature when the config is loaded.
+    """
 
     interaction: str = "hiformer"
     embedding_dim: int = 16
     dense_tokens: int = 1
     head_hidden: int = 64
-    interaction_kwargs: dict[str, Any] = field(default_factory=dict)
+    interaction_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     vision: VisionConfig | None = None
 
     def __post_init__(self) -> None:
-        if self.interaction not in interactions.list_names():
-            raise ValueError(f"unknown interaction {self.interaction!r}; choose from {interactions.list_names()}")
+        names = interactions.list_names()
+        if self.interaction not in names:
+            raise ValueError(f"unknown interaction {self.interaction!r}; choose from {names}")
+        for name, section in self.interaction_kwargs.items():
+            if name not in names:
+                raise ValueError(
+                    f"interaction_kwargs: {name!r} is not an interaction; sections are keyed by interaction "
+                    f"name ({', '.join(names)}), e.g. interaction_kwargs: {{hiformer: {{num_layers: 2}}}}"
+                )
+            valid = sorted(interactions.hyper_parameters(name))
+            unknown = sorted(set(section) - set(valid))
+            if unknown:
+                raise ValueError(f"interaction_kwargs.{name}: unknown key(s) {unknown}; valid for {name!r}: {valid}")
+
+    def chosen_kwargs(self) -> dict[str, Any]:
+        """The hyper-parameters of the chosen interaction (its section of ``interaction_kwargs``)."""
+        return dict(self.interaction_kwargs.get(self.interaction, {}))
 
 
 def _tower(cfg: VisionConfig) -> torch.nn.Module:
@@ -93,7 +128,7 @@ def build_ranker(
         num_tokens=num_tokens(fmap, cfg),
         dim=cfg.embedding_dim,
         num_tasks=len(fmap.labels),
-        **cfg.interaction_kwargs,
+        **cfg.chosen_kwargs(),
     )
     heads = TaskHeads(int(interaction.out_dim), cfg.head_hidden, [fmap.positive_rate[t] for t in fmap.labels])
     return Ranker(sparse, dense, vision, interaction, heads)

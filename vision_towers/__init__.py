@@ -14,6 +14,7 @@ Every registered tower is an ``nn.Module`` with
 Images come from ``prepare_images(uint8 photos, tower.in_chans, tower.img_size)`` (``vision_towers.images``).
 
 Registry: ``create_tower(name, **overrides)`` builds a config, ``list_towers()`` names them,
+``tower_parameters(name)`` lists the constructor arguments ``overrides`` may set,
 ``@register_tower`` adds one (``published=True`` marks full-size 3 x 224 x 224 ImageNet configs).
 Families: EfficientMod (``efficientmod.py``), ConvFormer/CAFormer (``metaformer.py``), ConViT (``convit.py``),
 EET pruned ViT (``eet.py``). ``vision_towers.pretrain`` trains towers on Fashion-MNIST and loads them back (frozen or
@@ -21,7 +22,7 @@ trainable); it is not imported here because it reads the dataset package.
 """
 
 from . import convit, eet, efficientmod, metaformer  # noqa: F401  (importing registers the towers)
-from ._registry import create_tower, list_towers, register_tower
+from ._registry import create_tower, list_towers, register_tower, tower_parameters
 from .images import prepare_images
 
-__all__ = ["create_tower", "list_towers", "prepare_images", "register_tower"]
+__all__ = ["create_tower", "list_towers", "prepare_images", "register_tower", "tower_parameters"]

@@ -6,6 +6,8 @@ Each architecture file registers one function per configuration with ``@register
 
 from __future__ import annotations
 
+import inspect
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -47,3 +49,16 @@ def create_tower(name: str, **overrides: object) -> nn.Module:
 def list_towers(published: bool | None = None) -> list[str]:
     """Sorted registered names; ``published=False`` keeps only the small configs, ``True`` only the 224 px ones."""
     return sorted(n for n, e in _TOWERS.items() if published is None or e.published == published)
+
+
+def tower_parameters(name: str) -> dict[str, object]:
+    """Constructor arguments a config may override for tower ``name``, with the class defaults.
+
+    Every registered function returns one tower class built with ``**overrides``; the keys it accepts are that
+    class's ``__init__`` arguments (from the return annotation).
+    """
+    if name not in _TOWERS:
+        raise KeyError(f"unknown vision tower {name!r}; registered: {list_towers()}")
+    cls = typing.get_type_hints(_TOWERS[name].fn)["return"]
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {p.name: p.default for p in params if p.name != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD}

@@ -5,11 +5,11 @@ sparse, then image tokens, in the caller's fixed order), D token width, K tasks,
 use S = T + K (with the task tokens) and Q (rows a layer updates).
 
 Every interaction is built by ``create(name, num_tokens=T, dim=D, num_tasks=K, **hyper_parameters)`` and has an
-``out_dim`` attribute. Registered: ``hiformer``, ``hetero_attention``, ``transformer``, ``dcnv2`` (needs torchrec),
-``dlrm``.
+``out_dim`` attribute; ``hyper_parameters(name)`` lists what a config may set. Registered: ``hiformer``,
+``hetero_attention``, ``transformer``, ``dcnv2`` (needs torchrec), ``dlrm``.
 """
 
 from ranker.interactions import baselines, hiformer  # noqa: F401  (importing registers the factories)
-from ranker.interactions._registry import create, list_names, register
+from ranker.interactions._registry import create, hyper_parameters, list_names, register
 
-__all__ = ["create", "list_names", "register"]
+__all__ = ["create", "hyper_parameters", "list_names", "register"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -10,6 +11,9 @@ from torch import nn
 Factory = TypeVar("Factory", bound=Callable[..., nn.Module])
 
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {}
+
+# Supplied by the model builder, never by a config: the token count and width, the task count, placement.
+BUILDER_ARGS = ("num_tokens", "dim", "num_tasks", "device", "dtype")
 
 
 def register(name: str) -> Callable[[Factory], Factory]:
@@ -34,3 +38,21 @@ def create(name: str, **kwargs: object) -> nn.Module:
 def list_names() -> list[str]:
     """Registered interaction names, sorted."""
     return sorted(_FACTORIES)
+
+
+def hyper_parameters(name: str) -> dict[str, object]:
+    """The configurable keyword arguments of interaction ``name`` and their defaults (builder arguments excluded).
+
+    Example::
+
+        hyper_parameters("dlrm")  # {"hidden": (256, 128)}
+    """
+    if name not in _FACTORIES:
+        raise ValueError(f"unknown interaction {name!r}; registered: {list_names()}")
+    factory = _FACTORIES[name]
+    signature = inspect.signature(factory.__init__ if inspect.isclass(factory) else factory)
+    return {
+        p.name: p.default
+        for p in signature.parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in BUILDER_ARGS
+    }

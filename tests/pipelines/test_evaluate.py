@@ -46,7 +46,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     fmap = fit(schema, features)
     for split in ("train", "test"):
         transform(schema, features, split, fmap, row_group_size=32)
-    cfg = ModelConfig(embedding_dim=8, interaction_kwargs={"num_layers": 1})
+    cfg = ModelConfig(embedding_dim=8, interaction_kwargs={"hiformer": {"num_layers": 1}})
     torch.manual_seed(0)
     model = RankerTrain(build_ranker(fmap, cfg))
     dcp.save({"model": model.state_dict()}, checkpoint_id=str(root / "ckpt"), no_dist=True)
@@ -60,7 +60,9 @@ def test_export_round_trips(exported) -> None:
     model = load_exported(export_dir)
     assert fmap.labels == ("click", "buy")
     torch.manual_seed(0)  # the fixture's initialisation, rebuilt independently of the export
-    reference = RankerTrain(build_ranker(fmap, ModelConfig(embedding_dim=8, interaction_kwargs={"num_layers": 1})))
+    reference = RankerTrain(
+        build_ranker(fmap, ModelConfig(embedding_dim=8, interaction_kwargs={"hiformer": {"num_layers": 1}}))
+    )
     batch = next(iter(RankLoader(processed_files(features, "test"), fmap, 50, prefetch=0)))
     torch.testing.assert_close(model(batch), reference.model.eval()(batch))
 

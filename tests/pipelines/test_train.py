@@ -31,7 +31,7 @@ def _config(path: Path, features: Path, out_dir: Path, **overrides: object) -> P
     cfg = {
         "features": str(features),
         "out_dir": str(out_dir),
-        "model": {"interaction": "hiformer", "embedding_dim": 8, "interaction_kwargs": {"num_layers": 1}},
+        "model": {"interaction": "hiformer", "embedding_dim": 8, "interaction_kwargs": {"hiformer": {"num_layers": 1}}},
         "batch_size": 32,
         "epochs": 2,
         "eval_every": 4,
@@ -77,7 +77,7 @@ def test_movielens_trains_to_a_useful_auc(tmp_path: Path) -> None:
         epochs=1,
         eval_every=0,
         tracking=True,
-        model={"interaction": "hiformer", "embedding_dim": 16, "interaction_kwargs": {"num_layers": 2}},
+        model={"interaction": "hiformer", "embedding_dim": 16, "interaction_kwargs": {"hiformer": {"num_layers": 2}}},
     )
     out = _train(cfg, env={"RANKER_RUNS": str(tmp_path / "mlruns")})
     results = json.loads((tmp_path / "run" / "results.json").read_text())

@@ -1,8 +1,12 @@
-"""Sharded (DistributedModelParallel, 2 ranks, gloo) vs unsharded parity: predictions and one training step.
+"""Sharded (DistributedModelParallel, gloo) vs unsharded parity: predictions and one training step.
 
-Each rank takes half of one global batch. DDP averages dense gradients over ranks, and in torchrec 1.9 the
-sharded tables' gradients are averaged over ranks too (measured: the updates are exactly half of the sum-of-losses
-update on 2 ranks), so the unsharded reference is one SGD step on the mean of the per-rank mean losses.
+Every sharding type the planner can pick on CPU is covered (table-wise, column-wise, table-column-wise,
+data-parallel), and each must train its tables with the configured sparse optimiser: the reference applies that
+optimiser's update rule, written here row by row, to the unsharded model.
+
+Each rank takes an equal share of one global batch. DDP averages dense gradients over ranks, and in torchrec 1.9
+the sharded tables' gradients are averaged over ranks too (measured: the updates are exactly half of the
+sum-of-losses update on 2 ranks), so the reference is one step on the mean of the per-rank mean losses.
 """
 
 from __future__ import annotations
@@ -16,8 +20,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed._shard.sharded_tensor import ShardedTensor
-from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
-from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from features.batch import RankBatch
 from features.loader import RankLoader
@@ -25,14 +27,15 @@ from features.processor import FeatureMap, fit, processed_files, transform
 from features.schema import load_schema
 from ranker.build import ModelConfig, build_ranker
 from ranker.model import RankerTrain
-from ranker.sharding import describe_plan, distribute
+from ranker.sharding import SPARSE_EPS, build_optimizers, describe_plan, distribute
 from tests.helpers import write_tiny_dataset
 
 pytestmark = pytest.mark.dist
 
 WORLD = 2
-ROWS_PER_RANK = 16
+GLOBAL_ROWS = 32
 SPARSE_LR, DENSE_LR = 0.5, 0.1
+MODEL = ModelConfig(interaction="hiformer", embedding_dim=8, interaction_kwargs={"hiformer": {"num_layers": 1}})
 
 
 def _free_port() -> int:
@@ -83,36 +86,40 @@ def _gather_full(local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _rank_main(rank: int, port: int, features: str, sharding: str, result_dir: str) -> None:
+def _rank_main(
+    rank: int, world: int, port: int, features: str, shardings: list[str], optimizer: str, result_dir: str, tag: str
+) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
     try:
         fmap = FeatureMap.load(features)
-        cfg = ModelConfig(interaction="hiformer", embedding_dim=8, interaction_kwargs={"num_layers": 1})
         full_state = torch.load(Path(result_dir) / "init.pt", weights_only=True)
         batch = torch.load(Path(result_dir) / "batch.pt", weights_only=False)
-        model = RankerTrain(build_ranker(fmap, cfg, sparse_device=torch.device("meta")))
-        dmp = distribute(model, torch.device("cpu"), SPARSE_LR, [sharding], ROWS_PER_RANK, sparse_optimizer="sgd")
-        plan = describe_plan(dmp)
-        assert set(plan.values()) == {sharding}, plan
+        model = RankerTrain(build_ranker(fmap, MODEL, sparse_device=torch.device("meta")))
+        rows = GLOBAL_ROWS // world
+        dmp = distribute(model, torch.device("cpu"), SPARSE_LR, shardings, rows, sparse_optimizer=optimizer)
         _copy_into(dmp.state_dict(), full_state)
-        dense = KeyedOptimizerWrapper(
-            dict(in_backward_optimizer_filter(dmp.named_parameters())), lambda p: torch.optim.SGD(p, lr=DENSE_LR)
-        )
-        optimizer = CombinedOptimizer([dmp.fused_optimizer, dense])
-        local = _batch_rows(batch, rank * ROWS_PER_RANK, (rank + 1) * ROWS_PER_RANK)
+        optimizers = build_optimizers(dmp, lambda p: torch.optim.SGD(p, lr=DENSE_LR), optimizer, SPARSE_LR)
+        local = _batch_rows(batch, rank * rows, (rank + 1) * rows)
         loss, (_, logits, _) = dmp(local)
-        optimizer.zero_grad()
+        optimizers.combined.zero_grad()
         loss.backward()
-        optimizer.step()
-        logits_all = [torch.zeros_like(logits) for _ in range(WORLD)]
+        optimizers.combined.step()
+        logits_all = [torch.zeros_like(logits) for _ in range(world)]
         dist.all_gather(logits_all, logits.contiguous())
         after = _gather_full(dmp.state_dict())
         if rank == 0:
-            torch.save({"logits": torch.cat(logits_all), "after": after}, Path(result_dir) / f"{sharding}.pt")
+            result = {"logits": torch.cat(logits_all), "after": after, "plan": describe_plan(dmp)}
+            torch.save(result, Path(result_dir) / f"{tag}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def _run(root: Path, features: Path, world: int, shardings: list[str], optimizer: str, tag: str) -> dict:
+    args = (world, _free_port(), str(features), shardings, optimizer, str(root), tag)
+    mp.spawn(_rank_main, args=args, nprocs=world, join=True)
+    return torch.load(root / f"{tag}.pt", weights_only=False)
 
 
 @pytest.fixture(scope="module")
@@ -123,38 +130,46 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     fmap = fit(schema, features)
     transform(schema, features, "train", fmap)
     torch.manual_seed(0)
-    cfg = ModelConfig(interaction="hiformer", embedding_dim=8, interaction_kwargs={"num_layers": 1})
-    reference = RankerTrain(build_ranker(fmap, cfg))
+    reference = RankerTrain(build_ranker(fmap, MODEL))
     torch.save(reference.state_dict(), root / "init.pt")
-    batch = next(iter(RankLoader(processed_files(features, "train"), fmap, WORLD * ROWS_PER_RANK, prefetch=0)))
+    batch = next(iter(RankLoader(processed_files(features, "train"), fmap, GLOBAL_ROWS, prefetch=0)))
     torch.save(batch, root / "batch.pt")
     return root, features
 
 
-def _reference_step(root: Path, features: Path) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _sparse_step(table: torch.Tensor, grad: torch.Tensor, optimizer: str) -> None:
+    """One step of ``optimizer`` from a zero accumulator, row by row (FBGEMM's exact rules)."""
+    for r in range(table.shape[0]):
+        g = grad[r]
+        if optimizer == "sgd":
+            table[r] -= SPARSE_LR * g
+        elif optimizer == "adagrad":
+            table[r] -= SPARSE_LR * g / (g * g).sqrt().add(SPARSE_EPS)
+        else:
+            table[r] -= SPARSE_LR * g / (float((g * g).mean()) ** 0.5 + SPARSE_EPS)
+
+
+def _reference_step(root: Path, features: Path, world: int, optimizer: str) -> tuple[torch.Tensor, dict]:
     fmap = FeatureMap.load(features)
-    cfg = ModelConfig(interaction="hiformer", embedding_dim=8, interaction_kwargs={"num_layers": 1})
-    model = RankerTrain(build_ranker(fmap, cfg))
+    model = RankerTrain(build_ranker(fmap, MODEL))
     model.load_state_dict(torch.load(root / "init.pt", weights_only=True))
     batch = torch.load(root / "batch.pt", weights_only=False)
-    parts = [_batch_rows(batch, r * ROWS_PER_RANK, (r + 1) * ROWS_PER_RANK) for r in range(WORLD)]
+    rows = GLOBAL_ROWS // world
+    parts = [_batch_rows(batch, r * rows, (r + 1) * rows) for r in range(world)]
     logits = torch.cat([model.model(p) for p in parts]).detach()
-    loss = sum(model(p)[0] for p in parts) / WORLD
+    loss = sum(model(p)[0] for p in parts) / world
     model.zero_grad()
     loss.backward()
     with torch.no_grad():
         for name, param in model.named_parameters():
-            lr = SPARSE_LR if ".ebc." in name else DENSE_LR
-            param -= lr * param.grad
+            if ".ebc." in name:
+                _sparse_step(param, param.grad, optimizer)
+            else:
+                param -= DENSE_LR * param.grad
     return logits, {k: v.detach() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("sharding", ["table_wise", "column_wise"])
-def test_sharded_matches_unsharded(setup: tuple[Path, Path], sharding: str) -> None:
-    root, features = setup
-    mp.spawn(_rank_main, args=(_free_port(), str(features), sharding, str(root)), nprocs=WORLD, join=True)
-    sharded = torch.load(root / f"{sharding}.pt", weights_only=False)
-    logits, after = _reference_step(root, features)
+def _assert_matches_reference(root: Path, sharded: dict, logits: torch.Tensor, after: dict) -> None:
     torch.testing.assert_close(sharded["logits"], logits, rtol=1e-5, atol=1e-6)
     before = torch.load(root / "init.pt", weights_only=True)
     moved = 0
@@ -162,3 +177,37 @@ def test_sharded_matches_unsharded(setup: tuple[Path, Path], sharding: str) -> N
         torch.testing.assert_close(sharded["after"][key], value, rtol=1e-4, atol=1e-6, msg=lambda m, k=key: f"{k}: {m}")
         moved += int(not torch.equal(value, before[key]))
     assert moved > len(after) // 2, "one step should change most parameters"
+
+
+@pytest.mark.parametrize(
+    ("sharding", "optimizer"),
+    [
+        ("table_wise", "adagrad"),
+        ("column_wise", "adagrad"),
+        ("table_column_wise", "adagrad"),
+        ("data_parallel", "adagrad"),
+        ("data_parallel", "rowwise_adagrad"),
+        ("data_parallel", "sgd"),
+        ("table_wise", "rowwise_adagrad"),
+    ],
+)
+def test_sharded_matches_unsharded(setup: tuple[Path, Path], sharding: str, optimizer: str) -> None:
+    """Element-wise Adagrad is exact under any split of a table, so it checks every sharding type."""
+    root, features = setup
+    sharded = _run(root, features, WORLD, [sharding], optimizer, f"{sharding}-{optimizer}")
+    assert set(sharded["plan"].values()) == {sharding}, sharded["plan"]
+    _assert_matches_reference(root, sharded, *_reference_step(root, features, WORLD, optimizer))
+
+
+def test_one_and_two_ranks_train_tables_alike(setup: tuple[Path, Path]) -> None:
+    """The planner's own plans for 1 and 2 ranks (every table data-parallel on 1 rank) train each table with
+    the same row-wise Adagrad step: the same global batch gives the same parameters."""
+    root, features = setup
+    one = _run(root, features, 1, [], "rowwise_adagrad", "one-rank")
+    two = _run(root, features, WORLD, [], "rowwise_adagrad", "two-ranks")
+    assert "data_parallel" in one["plan"].values(), one["plan"]
+    assert set(one["plan"]) == set(two["plan"])
+    _assert_matches_reference(root, one, *_reference_step(root, features, 1, "rowwise_adagrad"))
+    _assert_matches_reference(root, two, *_reference_step(root, features, WORLD, "rowwise_adagrad"))
+    for key, value in one["after"].items():
+        torch.testing.assert_close(two["after"][key], value, rtol=1e-4, atol=1e-6, msg=lambda m, k=key: f"{k}: {m}")
