@@ -128,7 +128,9 @@ class FeatureMap:
     def load(cls, out_dir: str | Path) -> FeatureMap:
         path = Path(out_dir) / FEATURE_MAP
         if not path.exists():
-            raise FileNotFoundError(f"{path}: no feature map; run `ranker features fit` first")
+            raise FileNotFoundError(
+                f"{path}: no feature map; build the features with `ranker features build SCHEMA.yaml`"
+            )
         raw: dict[str, Any] = json.loads(path.read_text())
         if raw.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path}: format_version {raw.get('format_version')} != supported {FORMAT_VERSION}")
@@ -382,5 +384,7 @@ def transform(
 def processed_files(out_dir: str | Path, split: str) -> list[Path]:
     files = sorted((Path(out_dir) / split).glob("part-*.parquet"))
     if not files:
-        raise FileNotFoundError(f"{Path(out_dir) / split}: no processed parquet; run `ranker features transform`")
+        raise FileNotFoundError(
+            f"{Path(out_dir) / split}: no processed parquet; build features with `ranker features build SCHEMA.yaml`"
+        )
     return files

@@ -31,7 +31,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if value is None:
             if type(None) in args:
                 return None
-            raise ConfigError(f"{where}: must not be null")
+            raise ConfigError(f"{_at(where)} must not be null")
         errors = []
         for arg in args:
             if arg is type(None):
@@ -40,53 +40,63 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
                 return _convert(value, arg, where)
             except ConfigError as err:
                 errors.append(str(err))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: no type of {tp} fits {value!r}")
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{_at(where)} no type of {tp} fits {value!r}")
     if origin is typing.Literal:
         if value not in get_args(tp):
-            raise ConfigError(f"{where}: {value!r} is not one of {list(get_args(tp))}")
+            raise ConfigError(f"{_at(where)} {value!r} is not one of {list(get_args(tp))}")
         return value
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if origin in (tuple, list):
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+            raise ConfigError(f"{_at(where)} expected a list, got {type(value).__name__}")
         args = get_args(tp)
         item_tp = args[0] if args else Any
         items = [_convert(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+            raise ConfigError(f"{_at(where)} expected a mapping, got {type(value).__name__}")
         key_tp, val_tp = get_args(tp) or (Any, Any)
-        return {_convert(k, key_tp, where): _convert(v, val_tp, f"{where}.{k}") for k, v in value.items()}
+        return {_convert(k, key_tp, where): _convert(v, val_tp, _child(where, k)) for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float, str, bool):
         if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+            raise ConfigError(f"{_at(where)} expected {tp.__name__}, got {value!r}")
         return value
-    raise ConfigError(f"{where}: unsupported config type {tp}")
+    raise ConfigError(f"{_at(where)} unsupported config type {tp}")
+
+
+def _at(where: str) -> str:
+    """The prefix of a message about ``where`` (a file name already ends with a colon)."""
+    return where if where.endswith(":") else f"{where}:"
+
+
+def _child(where: str, key: object) -> str:
+    """``file.yaml: model.vision``: a file name, then the dotted key path inside it."""
+    return f"{where}{' ' if where.endswith(':') else '.'}{key}"
 
 
 def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
     """Builds dataclass ``cls`` from a mapping, rejecting unknown keys and missing required ones."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
+        raise ConfigError(f"{_at(where)} expected a mapping for {cls.__name__}, got {type(data).__name__}")
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; allowed keys: {sorted(fields)}")
+        raise ConfigError(f"{_at(where)} unknown key(s) {unknown} for {cls.__name__}; allowed keys: {sorted(fields)}")
     kwargs = {}
     for name, field in fields.items():
         if name in data:
-            kwargs[name] = _convert(data[name], hints[name], f"{where}.{name}")
+            kwargs[name] = _convert(data[name], hints[name], _child(where, name))
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{where}: missing required key {name!r} for {cls.__name__}")
+            raise ConfigError(f"{_at(where)} missing required key {name!r} for {cls.__name__}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"{where}: {err}") from err
+        raise ConfigError(f"{_at(where)} {err}") from err
 
 
 def load_yaml(cls: type[T], path: str | Path, overrides: dict[str, Any] | None = None) -> T:
@@ -105,7 +115,7 @@ def load_yaml(cls: type[T], path: str | Path, overrides: dict[str, Any] | None =
         for key in parents:
             node = node.setdefault(key, {})
         node[leaf] = value
-    return from_dict(cls, data, where=str(path))
+    return from_dict(cls, data, where=f"{path}:")
 
 
 def to_dict(obj: Any) -> Any:

@@ -24,7 +24,16 @@ def torchrun_command(
 
 
 def launch_training(config: Path, nproc: int, overrides: list[str], resume: bool = False, **rdzv: object) -> int:
-    """Runs training to completion; returns torchrun's exit code. ``overrides``: ``key=value`` strings."""
+    """Runs training to completion; returns torchrun's exit code. ``overrides``: ``key=value`` strings.
+
+    The config, the features and the model are checked here first (``pipelines.train.preflight``): a bad config
+    is one ``ValueError`` in this process, before any rank starts.
+    """
+    from pipelines.train import load_config, parse_overrides, preflight
+
+    if nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {nproc}")
+    preflight(load_config(config, parse_overrides(overrides)), resume)
     extra = [f"--set={item}" for item in overrides] + (["--resume"] if resume else [])
     threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     env = {**os.environ, "OMP_NUM_THREADS": threads}

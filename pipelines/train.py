@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -42,9 +43,9 @@ from features.processor import FeatureMap, processed_files
 from features.strict_yaml import load_yaml, to_dict
 from pipelines import metrics as M
 from ranker import export
-from ranker.build import ModelConfig, build_ranker
+from ranker.build import ModelConfig, build_ranker, cached_item_embeddings, check_model_config
 from ranker.model import RankerTrain
-from ranker.sharding import build_optimizers, describe_plan, distribute
+from ranker.sharding import CPU_SHARDING_TYPES, SHARDING_TYPES, build_optimizers, describe_plan, distribute
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -64,14 +65,18 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """A training run. Paths are relative to the working directory."""
+    """A training run. Paths are relative to the working directory.
+
+    ``batch_size`` and ``eval_batch_size`` are **per rank**: with ``--nproc 2`` a step trains on 2 x batch_size
+    rows (gradients are averaged over ranks, so the learning rates need no rescaling for the same per-rank batch).
+    """
 
     features: str
     out_dir: str
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    batch_size: int = 512
-    eval_batch_size: int = 4096
+    batch_size: int = 512  # rows per step and rank
+    eval_batch_size: int = 4096  # rows per validation batch and rank
     epochs: int = 2
     max_steps: int = 0  # 0: no cap beyond epochs
     eval_every: int = 0  # steps between validations/checkpoints; 0: once per epoch
@@ -82,6 +87,19 @@ class TrainConfig:
     prefetch: int = 4
     tracking: bool = True  # log to MLflow (rank 0)
     experiment: str = "hiformer-ranker"
+    keep_checkpoints: int = 2  # newest complete checkpoints kept (the best one is always kept too)
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "eval_batch_size", "epochs", "patience", "log_every", "keep_checkpoints")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_steps", "eval_every", "prefetch"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        unknown = sorted(set(self.sharding_types) - set(SHARDING_TYPES))
+        if unknown:
+            raise ValueError(f"sharding_types: unknown {unknown}; TorchRec's are {list(SHARDING_TYPES)}")
 
 
 @dataclass
@@ -96,6 +114,30 @@ class TrainerState:
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
     return load_yaml(TrainConfig, path, overrides)
+
+
+def preflight(cfg: TrainConfig, resume: bool = False, cuda: bool | None = None) -> None:
+    """Checks in the launching process what every rank would otherwise fail on, each with one clear message.
+
+    The feature folder (feature map and processed splits), the model (built on the ``meta`` device: interaction
+    and tower arguments, image data, pretrained tower file), sharding types for the device, and with ``resume`` a
+    complete checkpoint to resume from. Raises ``ValueError`` / ``FileNotFoundError``.
+    """
+    features = Path(cfg.features)
+    if not features.is_dir():
+        raise FileNotFoundError(
+            f"features: {features} does not exist; build it with `ranker features build SCHEMA.yaml --out {features}`"
+        )
+    fmap = FeatureMap.load(features)
+    for split in ("train", "valid", "test"):
+        processed_files(features, split)
+    check_model_config(fmap, cfg.model, features)
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if not cuda and not set(cfg.sharding_types) <= set(CPU_SHARDING_TYPES):
+        wrong = sorted(set(cfg.sharding_types) - set(CPU_SHARDING_TYPES))
+        raise ValueError(f"sharding_types: {wrong} need CUDA; on CPU TorchRec offers {list(CPU_SHARDING_TYPES)}")
+    if resume and not _checkpoint_dirs(Path(cfg.out_dir) / CHECKPOINTS):
+        raise FileNotFoundError(f"{Path(cfg.out_dir) / CHECKPOINTS}: no complete checkpoint to resume from")
 
 
 def seed_everything(seed: int) -> None:
@@ -160,12 +202,19 @@ def _checkpoint_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.glob("step-*") if (p / COMPLETE).exists())
 
 
-def save_checkpoint(root: Path, model: torch.nn.Module, optimizer: CombinedOptimizer, state: TrainerState) -> Path:
+def save_checkpoint(
+    root: Path, model: torch.nn.Module, optimizer: CombinedOptimizer, state: TrainerState, keep: int
+) -> Path:
+    """Saves step ``state.step``; then keeps only the newest ``keep`` complete checkpoints plus the best one."""
     path = root / f"step-{state.step:08d}"
     dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=str(path))
     if dist.get_rank() == 0:
         (path / STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
         (path / COMPLETE).touch()  # written last: a checkpoint without it was interrupted mid-save
+        best = root / f"step-{state.best_step:08d}"
+        for old in _checkpoint_dirs(root)[:-keep]:
+            if old != best:
+                shutil.rmtree(old)
     dist.barrier()
     return path
 
@@ -217,8 +266,19 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at_step: int = 0) -> dict
     ckpt_root = out_dir / CHECKPOINTS
     seed_everything(cfg.seed)
     fmap = FeatureMap.load(features)
-    images = np.asarray(load_images(features)) if cfg.model.vision else None
-    model = RankerTrain(build_ranker(fmap, cfg.model, images, sparse_device=torch.device("meta")))
+    vision = cfg.model.vision
+    images = np.asarray(load_images(features)) if vision and not vision.frozen else None
+    item_embeddings = None
+    if vision and vision.frozen:
+        # Rank 0 builds the table once (cached per tower version); the others then read it.
+        if rank == 0:
+            item_embeddings = cached_item_embeddings(vision, features, cfg.seed)
+        dist.barrier()
+        if rank != 0:
+            item_embeddings = cached_item_embeddings(vision, features, cfg.seed)
+    model = RankerTrain(
+        build_ranker(fmap, cfg.model, images, sparse_device=torch.device("meta"), item_embeddings=item_embeddings)
+    )
     dmp = distribute(model, device, cfg.optim.sparse_lr, cfg.sharding_types, cfg.batch_size, cfg.optim.sparse_optimizer)
     optimizers = build_optimizers(
         dmp,
@@ -294,7 +354,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at_step: int = 0) -> dict
                 record.update({f"valid/{k}": v for k, v in valid.items()})
                 state.history.append(record)
                 tracker.metrics(record, state.step)
-                save_checkpoint(ckpt_root, dmp, optimizer, state)
+                save_checkpoint(ckpt_root, dmp, optimizer, state, cfg.keep_checkpoints)
                 if rank == 0:
                     print(f"[train] step {state.step}: " + json.dumps(record), flush=True)
                 if stop_at_step and state.step >= stop_at_step:
@@ -318,7 +378,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at_step: int = 0) -> dict
         "history": state.history,
     }
     if rank == 0:
-        export_dir = export.export_checkpoint(best, fmap, features, cfg.model, to_dict(cfg), out_dir / "export")
+        export_dir = export.export_checkpoint(
+            best, fmap, features, cfg.model, to_dict(cfg), out_dir / "export", item_embeddings
+        )
         model_cpu = export.load_exported(export_dir)
         test_loader = RankLoader(processed_files(features, "test"), fmap, cfg.eval_batch_size, mode="eval")
         scored = predict(test_loader, model_cpu)

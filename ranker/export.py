@@ -6,14 +6,15 @@ Layout of an export directory::
     model_config.json   the ModelConfig
     train_config.json   the resolved training config (for the record)
     feature_map.json    + vocab/ : the fitted feature pipeline, so serving transforms exactly as training did
-    images.npy, items.parquet : item photos, when the model has a vision tower
+    items.parquet       item id -> image row, when the model has a vision tower
+    images.npy          item photos, for a fine-tuned tower (it runs at serving time)
+    item_embeddings.npy the catalogue embeddings of a frozen tower (the export holds neither photos nor tower)
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,11 @@ import torch.distributed.checkpoint as dcp
 from features.images import IMAGES, ITEMS
 from features.processor import FEATURE_MAP, TRAIN_ITEMS, FeatureMap
 from features.strict_yaml import from_dict, to_dict
-from ranker.build import ModelConfig, build_ranker
+from ranker.build import ModelConfig, build_ranker, replace_pretrained
 from ranker.model import Ranker, RankerTrain
 
 MODEL_FILE = "model.pt"
+ITEM_EMBEDDINGS = "item_embeddings.npy"
 _TRAIN_PREFIX = "model."  # RankerTrain wraps the Ranker as `.model`
 
 
@@ -38,11 +40,16 @@ def export_checkpoint(
     model_cfg: ModelConfig,
     train_cfg: dict[str, Any],
     out_dir: Path,
+    item_embeddings: np.ndarray | None = None,
 ) -> Path:
-    """Reads a (possibly sharded) DCP checkpoint of a ``RankerTrain`` into an unsharded CPU export."""
+    """Reads a (possibly sharded) DCP checkpoint of a ``RankerTrain`` into an unsharded CPU export.
+
+    ``item_embeddings``: the frozen tower's catalogue embeddings the model was trained with (frozen towers only).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    images = np.asarray(np.load(features_dir / IMAGES, mmap_mode="r")) if model_cfg.vision else None
-    template = RankerTrain(build_ranker(fmap, model_cfg, images))
+    fine_tuned = model_cfg.vision is not None and not model_cfg.vision.frozen
+    images = np.asarray(np.load(features_dir / IMAGES, mmap_mode="r")) if fine_tuned else None
+    template = RankerTrain(build_ranker(fmap, model_cfg, images, item_embeddings=item_embeddings))
     state = {"model": template.state_dict()}
     # DCP reassembles table-/column-wise shards into the full tensors of the unsharded template.
     dcp.load(state, checkpoint_id=str(checkpoint), no_dist=True)
@@ -53,9 +60,11 @@ def export_checkpoint(
     shutil.copyfile(features_dir / FEATURE_MAP, out_dir / FEATURE_MAP)
     if (features_dir / "vocab").exists():
         shutil.copytree(features_dir / "vocab", out_dir / "vocab", dirs_exist_ok=True)
-    for name in (TRAIN_ITEMS, IMAGES, ITEMS):
+    for name in (TRAIN_ITEMS, ITEMS, *((IMAGES,) if fine_tuned else ())):
         if (features_dir / name).exists():
             shutil.copyfile(features_dir / name, out_dir / name)
+    if item_embeddings is not None:
+        np.save(out_dir / ITEM_EMBEDDINGS, np.asarray(item_embeddings, dtype=np.float32))
     return out_dir
 
 
@@ -64,11 +73,14 @@ def load_exported(export_dir: str | Path) -> Ranker:
     export_dir = Path(export_dir)
     fmap = FeatureMap.load(export_dir)
     cfg = from_dict(ModelConfig, json.loads((export_dir / "model_config.json").read_text()), str(export_dir))
-    if cfg.vision is not None:
-        # model.pt already holds the tower's trained weights; the pretraining file is not needed any more.
-        cfg = replace(cfg, vision=replace(cfg.vision, pretrained=None))
-    images = np.asarray(np.load(export_dir / IMAGES, mmap_mode="r")) if cfg.vision else None
-    model = build_ranker(fmap, cfg, images)
+    # model.pt (or item_embeddings.npy) already holds the tower's trained weights; the pretraining file is not needed.
+    cfg = replace_pretrained(cfg, None)
+    images = embeddings = None
+    if cfg.vision is not None and cfg.vision.frozen:
+        embeddings = np.load(export_dir / ITEM_EMBEDDINGS)
+    elif cfg.vision is not None:
+        images = np.asarray(np.load(export_dir / IMAGES, mmap_mode="r"))
+    model = build_ranker(fmap, cfg, images, item_embeddings=embeddings)
     state = torch.load(export_dir / MODEL_FILE, map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
     return model.eval()

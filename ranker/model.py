@@ -79,62 +79,79 @@ class DenseArch(nn.Module):
         return self.proj(dense).view(dense.shape[0], self.num_tokens, self.dim)  # (B, n, D)
 
 
-class VisionArch(nn.Module):
-    """Item images to ``N`` tokens per row; the tower never runs more than once per distinct image.
+class _ImageTokens(nn.Module):
+    """Shared tail of the vision archs: ``B x De`` image embeddings -> ``B x N x D`` tokens, a learned token
+    for rows without an image."""
 
-    A frozen tower's embeddings are computed once for the whole catalogue, in chunks without gradients, and cached
-    for the life of the module (so per model version: evaluation and serving reuse them). A fine-tuned tower runs
-    once per **unique** image of each batch, and the result is gathered back to the rows.
+    def __init__(self, embed_dim: int, num_tokens: int, dim: int) -> None:
+        super().__init__()
+        self.num_tokens, self.dim = num_tokens, dim
+        self.proj = nn.Linear(embed_dim, num_tokens * dim)
+        self.no_image = nn.Parameter(torch.randn(num_tokens, dim) * 0.02)
+
+    def tokens(self, embedded: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """``B x De`` embeddings and ``B`` has-an-image flags -> ``B x N x D``."""
+        tokens = self.proj(embedded).view(-1, self.num_tokens, self.dim)  # (B, N, D)
+        return torch.where(valid[:, None, None], tokens, self.no_image.expand_as(tokens))
+
+
+class VisionArch(_ImageTokens):
+    """Item images to ``N`` tokens per row through a tower trained with the ranker (fine-tuned).
+
+    The tower runs once per **unique** image of each batch, and the result is gathered back to the rows.
 
     Args:
         tower: a registered vision tower (``forward: B x C x H x W -> B x De``).
         images: ``n_images x C x H x W`` uint8 item photos (kept as a non-persistent buffer: data, not weights).
         num_tokens: N, image tokens per row (a projection of the tower's embedding).
         dim: D.
-        frozen: keep the tower's weights fixed (eval mode, cached embeddings).
 
     Example::
 
         photos = torch.zeros(4, 1, 28, 28, dtype=torch.uint8)
-        arch = VisionArch(create_tower("convformer_fm", num_classes=0), photos, num_tokens=2, dim=8, frozen=True)
+        arch = VisionArch(create_tower("convformer_fm", num_classes=0), photos, num_tokens=2, dim=8)
         arch(torch.tensor([0, 3, 3, -1])).shape  # (4, 2, 8); -1 = no image -> learned token
     """
 
-    def __init__(self, tower: nn.Module, images: torch.Tensor, num_tokens: int, dim: int, frozen: bool) -> None:
-        super().__init__()
-        self.tower, self.frozen = tower, frozen
-        self.num_tokens, self.dim = num_tokens, dim
+    def __init__(self, tower: nn.Module, images: torch.Tensor, num_tokens: int, dim: int) -> None:
+        super().__init__(int(tower.embed_dim), num_tokens, dim)
+        self.tower = tower
         self.register_buffer("images", images, persistent=False)
-        self.register_buffer("cache", None, persistent=False)
-        self.proj = nn.Linear(int(tower.embed_dim), num_tokens * dim)
-        self.no_image = nn.Parameter(torch.randn(num_tokens, dim) * 0.02)
-        if frozen:
-            self.tower.requires_grad_(False)
-
-    def _tower(self, image_index: torch.Tensor) -> torch.Tensor:
-        pixels = prepare_images(self.images[image_index], int(self.tower.in_chans), int(self.tower.img_size))
-        return self.tower(pixels.to(self.proj.weight.device))
-
-    @torch.no_grad()
-    def catalogue_embeddings(self, chunk: int = 512) -> torch.Tensor:
-        """``n_images x De`` embeddings of every image (frozen tower), computed once and cached."""
-        if self.cache is None:
-            self.tower.eval()
-            rows = torch.arange(self.images.shape[0], device=self.images.device)
-            self.cache = torch.cat([self._tower(rows[i : i + chunk]) for i in range(0, len(rows), chunk)])
-        return self.cache
 
     def forward(self, image_index: torch.Tensor) -> torch.Tensor:
         """``B`` image rows (-1: none) -> ``B x N x D``."""
-        valid = image_index >= 0
-        rows = image_index.clamp(min=0)
-        if self.frozen:
-            embedded = self.catalogue_embeddings()[rows]  # (B, De)
-        else:
-            unique, inverse = torch.unique(rows, return_inverse=True)
-            embedded = self._tower(unique)[inverse]  # tower cost scales with distinct images, not rows
-        tokens = self.proj(embedded).view(-1, self.num_tokens, self.dim)  # (B, N, D)
-        return torch.where(valid[:, None, None], tokens, self.no_image.expand_as(tokens))
+        unique, inverse = torch.unique(image_index.clamp(min=0), return_inverse=True)
+        pixels = prepare_images(self.images[unique], int(self.tower.in_chans), int(self.tower.img_size))
+        embedded = self.tower(pixels.to(self.proj.weight.device))[inverse]  # (B, De): cost per distinct image
+        return self.tokens(embedded, image_index >= 0)
+
+
+class FrozenVisionArch(_ImageTokens):
+    """Item images to ``N`` tokens per row from a frozen tower's precomputed catalogue embeddings.
+
+    The model holds the ``n_images x De`` embedding table (built once per tower version, see
+    ``ranker.build.cached_item_embeddings``), never the photos or the tower.
+
+    Args:
+        item_embeddings: ``n_images x De`` float table (a non-persistent buffer: exports store it beside the
+            weights as ``item_embeddings.npy``).
+        num_tokens: N.
+        dim: D.
+
+    Example::
+
+        arch = FrozenVisionArch(torch.randn(4, 32), num_tokens=2, dim=8)
+        arch(torch.tensor([0, 3, 3, -1])).shape  # (4, 2, 8)
+    """
+
+    def __init__(self, item_embeddings: torch.Tensor, num_tokens: int, dim: int) -> None:
+        super().__init__(int(item_embeddings.shape[1]), num_tokens, dim)
+        self.register_buffer("item_embeddings", item_embeddings, persistent=False)
+
+    def forward(self, image_index: torch.Tensor) -> torch.Tensor:
+        """``B`` image rows (-1: none) -> ``B x N x D``."""
+        embedded = self.item_embeddings[image_index.clamp(min=0)]  # (B, De)
+        return self.tokens(embedded, image_index >= 0)
 
 
 class TaskHeads(nn.Module):
@@ -183,7 +200,7 @@ class Ranker(nn.Module):
         self,
         sparse_arch: SparseArch,
         dense_arch: DenseArch | None,
-        vision_arch: VisionArch | None,
+        vision_arch: VisionArch | FrozenVisionArch | None,
         interaction: nn.Module,
         heads: TaskHeads,
     ) -> None:

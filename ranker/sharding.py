@@ -36,7 +36,8 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-CPU_SHARDING_TYPES = ("table_wise", "column_wise", "table_column_wise", "data_parallel")
+SHARDING_TYPES = ("data_parallel", "table_wise", "column_wise", "table_column_wise", "row_wise", "table_row_wise")
+CPU_SHARDING_TYPES = ("table_wise", "column_wise", "table_column_wise", "data_parallel")  # the rest need CUDA
 
 
 SPARSE_EPS = 1e-8

@@ -12,8 +12,15 @@ from features.loader import RankLoader
 from features.processor import FeatureMap, fit, processed_files, transform
 from features.schema import load_schema
 from ranker import interactions
-from ranker.build import ModelConfig, VisionConfig, build_ranker, num_tokens
-from ranker.model import RankerTrain, TaskHeads, VisionArch
+from ranker.build import (
+    ModelConfig,
+    VisionConfig,
+    build_ranker,
+    cached_item_embeddings,
+    frozen_item_embeddings,
+    num_tokens,
+)
+from ranker.model import FrozenVisionArch, RankerTrain, TaskHeads, VisionArch
 from tests.helpers import write_tiny_dataset
 from vision_towers import create_tower, prepare_images
 
@@ -88,12 +95,11 @@ def test_padding_rows_do_not_count_in_the_loss(tiny) -> None:
     assert not torch.isclose(loss_part, loss_all)
 
 
-@pytest.mark.parametrize("frozen", [False, True])
-def test_vision_dedup_matches_per_row(frozen: bool) -> None:
+def test_fine_tuned_vision_dedup_matches_per_row() -> None:
     torch.manual_seed(0)
     images = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8)
-    tower = create_tower("convformer_fm", num_classes=0, depths=(1, 1, 1, 1))
-    arch = VisionArch(tower, images, num_tokens=2, dim=8, frozen=frozen).eval()
+    tower = create_tower("convformer_fm", num_classes=0, depths=(1, 1, 1, 1)).eval()
+    arch = VisionArch(tower, images, num_tokens=2, dim=8)
     rows = torch.tensor([3, 1, 3, -1, 5, 1, 3])
     got = arch(rows)
     # Naive: the tower on each row's own image, one row at a time.
@@ -105,18 +111,55 @@ def test_vision_dedup_matches_per_row(frozen: bool) -> None:
         torch.testing.assert_close(got[i], arch.proj(emb).view(2, 8), rtol=1e-4, atol=1e-5)
 
 
-def test_vision_tower_runs_once_per_distinct_image(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fine_tuned_tower_runs_once_per_distinct_image() -> None:
     images = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8)
     tower = create_tower("convformer_fm", num_classes=0, depths=(1, 1, 1, 1))
     seen: list[int] = []
     tower.register_forward_hook(lambda _m, inputs, _o: seen.append(int(inputs[0].shape[0])))
-    VisionArch(tower, images, 1, 4, frozen=False)(torch.tensor([2, 2, 2, 4, 4, 0, -1]))
+    VisionArch(tower, images, 1, 4)(torch.tensor([2, 2, 2, 4, 4, 0, -1]))
     assert seen == [3]  # images 0, 2 and 4 (the -1 row needs no image)
-    cached = VisionArch(tower, images, 1, 4, frozen=True)
-    seen.clear()
-    cached(torch.tensor([1, 2]))
-    cached(torch.tensor([3, 4, 0]))
-    assert seen == [5], "a frozen tower embeds the catalogue once and then serves from the cache"
+
+
+def _pretrained_tower(path: Path, seed: int) -> VisionConfig:
+    torch.manual_seed(seed)
+    overrides = {"depths": [1, 1, 1, 1]}
+    tower = create_tower("convformer_fm", num_classes=0, **overrides)
+    torch.save({"tower": "convformer_fm", "overrides": overrides, "state_dict": tower.state_dict()}, path)
+    return VisionConfig(tower="convformer_fm", frozen=True, pretrained=str(path), tokens=2)
+
+
+def test_frozen_vision_uses_precomputed_embeddings_equal_to_the_tower(tmp_path: Path) -> None:
+    images = np.random.default_rng(0).integers(0, 256, (7, 1, 28, 28), dtype=np.uint8)
+    cfg = _pretrained_tower(tmp_path / "tower.pt", seed=1)
+    table = frozen_item_embeddings(cfg, images, chunk=3)  # chunks of 3 rows
+    tower = create_tower("convformer_fm", num_classes=0, depths=(1, 1, 1, 1)).eval()
+    ckpt = torch.load(tmp_path / "tower.pt", weights_only=True)
+    tower.load_state_dict(ckpt["state_dict"])
+    with torch.no_grad():
+        for r in range(len(images)):  # naive: one photo at a time through the pretrained tower
+            want = tower(prepare_images(torch.from_numpy(images[r : r + 1]), tower.in_chans, tower.img_size))
+            torch.testing.assert_close(table[r : r + 1], want, rtol=1e-4, atol=1e-5)
+    arch = FrozenVisionArch(table, num_tokens=2, dim=8)
+    rows = torch.tensor([6, 0, -1, 6])
+    got = arch(rows)
+    torch.testing.assert_close(got[0], arch.proj(table[6]).view(2, 8))
+    torch.testing.assert_close(got[2], arch.no_image)
+    assert "item_embeddings" not in arch.state_dict() and not any("tower" in k for k in arch.state_dict())
+
+
+def test_item_embeddings_are_cached_per_tower_version(tmp_path: Path) -> None:
+    images = np.random.default_rng(0).integers(0, 256, (5, 1, 28, 28), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    first = _pretrained_tower(tmp_path / "a.pt", seed=1)
+    table = cached_item_embeddings(first, tmp_path, seed=0)
+    files = sorted((tmp_path / "image_embeddings").glob("*.npy"))
+    assert len(files) == 1
+    np.testing.assert_array_equal(np.load(files[0]), table)
+    np.save(files[0], np.zeros_like(table))  # a cache hit must read the file, not recompute
+    assert not cached_item_embeddings(first, tmp_path, seed=0).any()
+    other = cached_item_embeddings(_pretrained_tower(tmp_path / "b.pt", seed=2), tmp_path, seed=0)
+    assert len(list((tmp_path / "image_embeddings").glob("*.npy"))) == 2
+    assert not np.allclose(other, table)
 
 
 def test_vision_model_builds_and_trains(tmp_path: Path) -> None:
