@@ -254,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from ranker.library_noise import silence_known_library_noise
+
+    silence_known_library_noise()
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as err:

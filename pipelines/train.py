@@ -44,6 +44,7 @@ from features.strict_yaml import load_yaml, to_dict
 from pipelines import metrics as M
 from ranker import export
 from ranker.build import ModelConfig, build_ranker, cached_item_embeddings, check_model_config
+from ranker.library_noise import silence_known_library_noise
 from ranker.model import RankerTrain
 from ranker.sharding import CPU_SHARDING_TYPES, SHARDING_TYPES, build_optimizers, describe_plan, distribute
 
@@ -422,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         help="end right after the checkpoint at this step, as an interruption would (tests of --resume)",
     )
     args = parser.parse_args(argv)
+    silence_known_library_noise()
     cfg = load_config(args.config, parse_overrides(args.set))
     default_threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", default_threads)))

@@ -138,7 +138,7 @@ def build_ranker(
     elif cfg.vision is not None:
         if images is None:
             raise ValueError("the model config has a fine-tuned vision tower but no item images were given")
-        photos = torch.from_numpy(np.ascontiguousarray(images))
+        photos = torch.from_numpy(np.array(images))  # a writable in-memory copy of a possibly mapped file
         vision = VisionArch(_tower(cfg.vision), photos, cfg.vision.tokens, cfg.embedding_dim)
     interaction = interactions.create(
         cfg.interaction,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,10 @@ def export_checkpoint(
     template = RankerTrain(build_ranker(fmap, model_cfg, images, item_embeddings=item_embeddings))
     state = {"model": template.state_dict()}
     # DCP reassembles table-/column-wise shards into the full tensors of the unsharded template.
-    dcp.load(state, checkpoint_id=str(checkpoint), no_dist=True)
+    with warnings.catch_warnings():
+        # DCP warns that it assumes a single-process load even when asked for exactly that (no_dist=True).
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        dcp.load(state, checkpoint_id=str(checkpoint), no_dist=True)
     ranker_state = {k.removeprefix(_TRAIN_PREFIX): v for k, v in state["model"].items()}
     torch.save(ranker_state, out_dir / MODEL_FILE)
     (out_dir / "model_config.json").write_text(json.dumps(to_dict(model_cfg), indent=2) + "\n")

@@ -29,8 +29,9 @@ from torch import nn
 from torchrec.distributed import DistributedModelParallel
 from torchrec.distributed.composable.table_batched_embedding_slice import TableBatchedEmbeddingSlice
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
-from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
-from torchrec.distributed.planner.types import ParameterConstraints
+from torchrec.distributed.planner import EmbeddingShardingPlanner
+from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
+from torchrec.distributed.planner.types import KernelConfig, ParameterConstraints, TopologyFactory, TrainerConfig
 from torchrec.distributed.types import ShardingPlan
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
@@ -41,6 +42,7 @@ CPU_SHARDING_TYPES = ("table_wise", "column_wise", "table_column_wise", "data_pa
 
 
 SPARSE_EPS = 1e-8
+STORAGE_RESERVATION = 0.15  # share of each device's memory the planner leaves for activations and dense state
 
 SPARSE_OPTIMIZERS = {
     "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
@@ -83,10 +85,15 @@ def plan(
     constraints = None
     if sharding_types:
         constraints = {name: ParameterConstraints(sharding_types=list(sharding_types)) for name in _table_names(model)}
+    topology = TopologyFactory.create_topology(
+        TrainerConfig(world_size=pg.size()), kernel_config=KernelConfig(compute_device=device.type)
+    )
     planner = EmbeddingShardingPlanner(
-        topology=Topology(world_size=pg.size(), compute_device=device.type),
+        topology=topology,
         batch_size=batch_size,
         constraints=constraints,
+        # The default heuristic reservation over-estimates dense sizes on meta-device models (TorchRec's warning).
+        storage_reservation=FixedPercentageStorageReservation(STORAGE_RESERVATION),
         debug=False,
     )
     sharders = [sharder(0.01)]  # the learning rate does not affect the plan

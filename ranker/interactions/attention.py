@@ -80,7 +80,6 @@ class TokenLinear(nn.Module):
         lead = () if shared else (out_tokens,)
         self.weight = nn.Parameter(torch.empty(*lead, in_dim, out_dim, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.empty(*lead, out_dim, device=device, dtype=dtype)) if bias else None
-        self._equation = "bqi,io->bqo" if shared else "bqi,qio->bqo"
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -90,7 +89,13 @@ class TokenLinear(nn.Module):
             nn.init.zeros_(self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = torch.einsum(self._equation, x[:, x.shape[1] - self.out_tokens :], self.weight)  # (B, Q, out_dim)
+        x = x[:, x.shape[1] - self.out_tokens :]  # (B, Q, in_dim)
+        if self.weight.dim() == 2:
+            y = x @ self.weight  # (B, Q, out_dim)
+        else:
+            # bmm over tokens rather than einsum: its weight gradient is freshly laid out, which DDP's gradient
+            # buckets require (einsum's had a non-standard stride when Q = 1).
+            y = torch.bmm(x.transpose(0, 1), self.weight).transpose(0, 1)  # (Q, B, out) -> (B, Q, out_dim)
         return y if self.bias is None else y + self.bias
 
 
