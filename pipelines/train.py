@@ -26,7 +26,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,6 +41,7 @@ from features.loader import RankLoader
 from features.processor import FeatureMap, processed_files
 from features.strict_yaml import load_yaml, to_dict
 from pipelines import metrics as M
+from pipelines.distributed import broadcast_from_rank0, gather_to_rank0, init_distributed, mean_over_ranks
 from ranker import export
 from ranker.build import ModelConfig, build_ranker, cached_item_embeddings, check_model_config
 from ranker.library_noise import silence_known_library_noise
@@ -186,17 +186,12 @@ def validate(model: torch.nn.Module, loader: RankLoader, device: torch.device, t
     model.eval()
     local = predict(loader, lambda batch: model(batch.to(device))[1][1])
     model.train()
-    rank0 = dist.get_rank() == 0
-    gathered: list[dict[str, np.ndarray] | None] | None = [None] * dist.get_world_size() if rank0 else None
-    dist.gather_object(local, gathered, dst=0)
-    result: list[dict | None] = [None]
-    if rank0:
-        assert gathered is not None
-        cat = {k: np.concatenate([g[k] for g in gathered if g is not None]) for k in ("p", "y", "w", "g")}
-        result[0] = task_metrics(cat, tasks)
-    dist.broadcast_object_list(result, src=0)
-    assert result[0] is not None
-    return result[0]
+    gathered = gather_to_rank0(local)
+    result = None
+    if gathered is not None:
+        cat = {k: np.concatenate([g[k] for g in gathered]) for k in ("p", "y", "w", "g")}
+        result = task_metrics(cat, tasks)
+    return broadcast_from_rank0(result)
 
 
 def _checkpoint_dirs(root: Path) -> list[Path]:
@@ -262,7 +257,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at_step: int = 0) -> dict
     """
     rank, world = dist.get_rank(), dist.get_world_size()
     cuda = torch.cuda.is_available()
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
+    device = torch.device(f"cuda:{torch.cuda.current_device()}" if cuda else "cpu")
     out_dir, features = Path(cfg.out_dir), Path(cfg.features)
     ckpt_root = out_dir / CHECKPOINTS
     seed_everything(cfg.seed)
@@ -335,9 +330,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at_step: int = 0) -> dict
             loss_sum, loss_n = loss_sum + float(loss.detach()), loss_n + 1
             window_sum, window_n = window_sum + float(loss.detach()), window_n + 1
             if state.step % cfg.log_every == 0:
-                mean_loss = torch.tensor([loss_sum / loss_n])
-                dist.all_reduce(mean_loss)
-                tracker.metrics({"train/loss": float(mean_loss) / world}, state.step)
+                tracker.metrics({"train/loss": mean_over_ranks(loss_sum / loss_n)}, state.step)
                 loss_sum, loss_n = 0.0, 0
             end_of_epoch = i == steps_per_epoch - 1
             if state.step % eval_every == 0 or end_of_epoch or state.step == total_steps:
@@ -348,10 +341,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at_step: int = 0) -> dict
                 else:
                     state.bad_evals += 1
                 state.epoch = epoch
-                window = torch.tensor([window_sum / max(window_n, 1)])
-                dist.all_reduce(window)
+                window = mean_over_ranks(window_sum / max(window_n, 1))
                 window_sum, window_n = 0.0, 0
-                record = {"step": state.step, "epoch": epoch, "train/loss": float(window) / world}
+                record = {"step": state.step, "epoch": epoch, "train/loss": window}
                 record.update({f"valid/{k}": v for k, v in valid.items()})
                 state.history.append(record)
                 tracker.metrics(record, state.step)
@@ -391,23 +383,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at_step: int = 0) -> dict
         tracker.metrics({f"test/{k}": v for k, v in results["test"].items()}, state.step)
         tracker.finish([out_dir / "results.json", export_dir])
         print(f"[train] test metrics of the exported model: {json.dumps(results['test'])}", flush=True)
-    shared: list[dict | None] = [results]
-    dist.broadcast_object_list(shared, src=0)
-    assert shared[0] is not None
-    return shared[0]
-
-
-def process_group_backend(cuda: bool) -> str:
-    """gloo on CPU; on GPUs nccl for CUDA tensors *and* gloo for the CPU ones (losses, object collectives)."""
-    return "cpu:gloo,cuda:nccl" if cuda else "gloo"
-
-
-def init_distributed() -> None:
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    timeout = timedelta(seconds=int(os.environ.get("RANKER_DIST_TIMEOUT", 600)))
-    dist.init_process_group(process_group_backend(cuda), timeout=timeout)
+    return broadcast_from_rank0(results)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,6 +48,12 @@ def test_resume_reaches_the_same_result(tmp_path: Path) -> None:
     build_features(schema, features, progress=False)
     full = _config(tmp_path / "full.yaml", features, tmp_path / "full", patience=100)
     _train(full)
+    a = json.loads((tmp_path / "full" / "results.json").read_text())
+    # keep_checkpoints (default 2): the newest two complete checkpoints and the best one survive, nothing else.
+    kept = sorted(p.name for p in (tmp_path / "full" / "checkpoints").glob("step-*"))
+    saved = [f"step-{h['step']:08d}" for h in a["history"]]
+    assert len(saved) > 3, "the run must checkpoint often enough to have deleted some"
+    assert kept == sorted({*saved[-2:], f"step-{a['best_step']:08d}"})
     parts = _config(tmp_path / "parts.yaml", features, tmp_path / "parts", patience=100)
     # An interruption right after the checkpoint at step 8 (7 steps per epoch: one step into the second epoch) ...
     subprocess_env = {"RANKER_STOP_AT_STEP": "8"}
@@ -57,18 +63,38 @@ def test_resume_reaches_the_same_result(tmp_path: Path) -> None:
     assert checkpoints[-1] == "step-00000008"
     # ... then --resume finishes the run.
     _train(parts, "--resume")
-    a = json.loads((tmp_path / "full" / "results.json").read_text())
     b = json.loads((tmp_path / "parts" / "results.json").read_text())
     assert a["steps"] == b["steps"] == 14
     assert a["history"] == b["history"]
     assert a["test"] == b["test"]
 
 
-def test_movielens_trains_to_a_useful_auc(tmp_path: Path) -> None:
-    raw = tmp_path / "raw"
-    build_dataset("movielens-100k", raw)
-    features = tmp_path / "features"
-    build_features(raw / "schema.yaml", features, progress=False)
+@pytest.fixture(scope="module")
+def movielens(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MovieLens-100k features, built once for the tests of this module."""
+    root = tmp_path_factory.mktemp("movielens")
+    build_dataset("movielens-100k", root / "raw")
+    build_features(root / "raw" / "schema.yaml", root / "features", progress=False)
+    return root / "features"
+
+
+def test_readme_command_switches_the_interaction(movielens: Path, tmp_path: Path) -> None:
+    """The README's `ranker train ... --set model.interaction=dcnv2` on the shipped Hiformer config (shortened)."""
+    out = _train(
+        ROOT / "configs" / "train" / "movielens-hiformer.yaml",
+        *("--set", "epochs=5", "--set", "model.interaction=dcnv2"),
+        *("--set", f"features={movielens}", "--set", f"out_dir={tmp_path / 'run'}"),
+        *("--set", "max_steps=20", "--set", "eval_every=10", "--set", "tracking=false"),
+    )
+    saved = json.loads((tmp_path / "run" / "export" / "model_config.json").read_text())
+    assert saved["interaction"] == "dcnv2" and saved["interaction_kwargs"]["dcnv2"] == {"structure": "parallel"}
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["steps"] == 20 and results["test"]["like/auc"] is not None
+    assert "test metrics of the exported model" in out.stdout
+
+
+def test_movielens_trains_to_a_useful_auc(movielens: Path, tmp_path: Path) -> None:
+    features = movielens
     cfg = _config(
         tmp_path / "ml.yaml",
         features,

@@ -25,6 +25,7 @@ from features.batch import RankBatch
 from features.loader import RankLoader
 from features.processor import FeatureMap, fit, processed_files, transform
 from features.schema import load_schema
+from pipelines.distributed import process_group_backend
 from ranker.build import ModelConfig, build_ranker
 from ranker.model import RankerTrain
 from ranker.sharding import SPARSE_EPS, build_optimizers, describe_plan, distribute
@@ -69,28 +70,40 @@ def _copy_into(local: dict[str, torch.Tensor], full: dict[str, torch.Tensor]) ->
                 for shard in tensor.local_shards():
                     rows, cols = shard.metadata.shard_offsets
                     n_rows, n_cols = shard.metadata.shard_sizes
-                    shard.tensor.copy_(full[key][rows : rows + n_rows, cols : cols + n_cols])
+                    shard.tensor.copy_(full[key][rows : rows + n_rows, cols : cols + n_cols].to(shard.tensor.device))
             else:
-                tensor.copy_(full[key])
+                tensor.copy_(full[key].to(tensor.device))
 
 
 def _gather_full(local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = {}
     for key, tensor in local.items():
         if isinstance(tensor, ShardedTensor):
-            full = torch.zeros(tensor.size()) if dist.get_rank() == 0 else None
+            device = tensor.local_shards()[0].tensor.device if tensor.local_shards() else torch.device("cpu")
+            full = torch.zeros(tensor.size(), device=device) if dist.get_rank() == 0 else None
             tensor.gather(dst=0, out=full)
-            out[key] = full
+            out[key] = full.cpu() if full is not None else None
         else:
-            out[key] = tensor.detach().clone()
+            out[key] = tensor.detach().cpu().clone()
     return out
 
 
 def _rank_main(
-    rank: int, world: int, port: int, features: str, shardings: list[str], optimizer: str, result_dir: str, tag: str
+    rank: int,
+    world: int,
+    port: int,
+    features: str,
+    shardings: list[str],
+    optimizer: str,
+    result_dir: str,
+    tag: str,
+    device_type: str,
 ) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    device = torch.device(device_type if device_type == "cpu" else f"cuda:{rank}")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(process_group_backend(device.type == "cuda"), rank=rank, world_size=world)
     torch.set_num_threads(1)
     try:
         fmap = FeatureMap.load(features)
@@ -98,10 +111,10 @@ def _rank_main(
         batch = torch.load(Path(result_dir) / "batch.pt", weights_only=False)
         model = RankerTrain(build_ranker(fmap, MODEL, sparse_device=torch.device("meta")))
         rows = GLOBAL_ROWS // world
-        dmp = distribute(model, torch.device("cpu"), SPARSE_LR, shardings, rows, sparse_optimizer=optimizer)
+        dmp = distribute(model, device, SPARSE_LR, shardings, rows, sparse_optimizer=optimizer)
         _copy_into(dmp.state_dict(), full_state)
         optimizers = build_optimizers(dmp, lambda p: torch.optim.SGD(p, lr=DENSE_LR), optimizer, SPARSE_LR)
-        local = _batch_rows(batch, rank * rows, (rank + 1) * rows)
+        local = _batch_rows(batch, rank * rows, (rank + 1) * rows).to(device)
         loss, (_, logits, _) = dmp(local)
         optimizers.combined.zero_grad()
         loss.backward()
@@ -110,20 +123,28 @@ def _rank_main(
         dist.all_gather(logits_all, logits.contiguous())
         after = _gather_full(dmp.state_dict())
         if rank == 0:
-            result = {"logits": torch.cat(logits_all), "after": after, "plan": describe_plan(dmp)}
+            result = {"logits": torch.cat(logits_all).cpu(), "after": after, "plan": describe_plan(dmp)}
             torch.save(result, Path(result_dir) / f"{tag}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def _run(root: Path, features: Path, world: int, shardings: list[str], optimizer: str, tag: str) -> dict:
-    args = (world, _free_port(), str(features), shardings, optimizer, str(root), tag)
+def run_step(
+    root: Path, features: Path, world: int, shardings: list[str], optimizer: str, tag: str, device_type: str = "cpu"
+) -> dict:
+    """One step on ``world`` spawned ranks (gloo on CPU; one GPU per rank with ``device_type="cuda"``)."""
+    args = (world, _free_port(), str(features), shardings, optimizer, str(root), tag, device_type)
     mp.spawn(_rank_main, args=args, nprocs=world, join=True)
     return torch.load(root / f"{tag}.pt", weights_only=False)
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return make_setup(tmp_path_factory)
+
+
+def make_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Tiny features, the reference model's initial state and one global batch, in a fresh folder."""
     root = tmp_path_factory.mktemp("parity")
     schema = load_schema(write_tiny_dataset(root / "raw", n=400))
     features = root / "features"
@@ -149,7 +170,7 @@ def _sparse_step(table: torch.Tensor, grad: torch.Tensor, optimizer: str) -> Non
             table[r] -= SPARSE_LR * g / (float((g * g).mean()) ** 0.5 + SPARSE_EPS)
 
 
-def _reference_step(root: Path, features: Path, world: int, optimizer: str) -> tuple[torch.Tensor, dict]:
+def reference_step(root: Path, features: Path, world: int, optimizer: str) -> tuple[torch.Tensor, dict]:
     fmap = FeatureMap.load(features)
     model = RankerTrain(build_ranker(fmap, MODEL))
     model.load_state_dict(torch.load(root / "init.pt", weights_only=True))
@@ -169,7 +190,7 @@ def _reference_step(root: Path, features: Path, world: int, optimizer: str) -> t
     return logits, {k: v.detach() for k, v in model.state_dict().items()}
 
 
-def _assert_matches_reference(root: Path, sharded: dict, logits: torch.Tensor, after: dict) -> None:
+def assert_matches_reference(root: Path, sharded: dict, logits: torch.Tensor, after: dict) -> None:
     torch.testing.assert_close(sharded["logits"], logits, rtol=1e-5, atol=1e-6)
     before = torch.load(root / "init.pt", weights_only=True)
     moved = 0
@@ -194,20 +215,20 @@ def _assert_matches_reference(root: Path, sharded: dict, logits: torch.Tensor, a
 def test_sharded_matches_unsharded(setup: tuple[Path, Path], sharding: str, optimizer: str) -> None:
     """Element-wise Adagrad is exact under any split of a table, so it checks every sharding type."""
     root, features = setup
-    sharded = _run(root, features, WORLD, [sharding], optimizer, f"{sharding}-{optimizer}")
+    sharded = run_step(root, features, WORLD, [sharding], optimizer, f"{sharding}-{optimizer}")
     assert set(sharded["plan"].values()) == {sharding}, sharded["plan"]
-    _assert_matches_reference(root, sharded, *_reference_step(root, features, WORLD, optimizer))
+    assert_matches_reference(root, sharded, *reference_step(root, features, WORLD, optimizer))
 
 
 def test_one_and_two_ranks_train_tables_alike(setup: tuple[Path, Path]) -> None:
     """The planner's own plans for 1 and 2 ranks (every table data-parallel on 1 rank) train each table with
     the same row-wise Adagrad step: the same global batch gives the same parameters."""
     root, features = setup
-    one = _run(root, features, 1, [], "rowwise_adagrad", "one-rank")
-    two = _run(root, features, WORLD, [], "rowwise_adagrad", "two-ranks")
+    one = run_step(root, features, 1, [], "rowwise_adagrad", "one-rank")
+    two = run_step(root, features, WORLD, [], "rowwise_adagrad", "two-ranks")
     assert "data_parallel" in one["plan"].values(), one["plan"]
     assert set(one["plan"]) == set(two["plan"])
-    _assert_matches_reference(root, one, *_reference_step(root, features, 1, "rowwise_adagrad"))
-    _assert_matches_reference(root, two, *_reference_step(root, features, WORLD, "rowwise_adagrad"))
+    assert_matches_reference(root, one, *reference_step(root, features, 1, "rowwise_adagrad"))
+    assert_matches_reference(root, two, *reference_step(root, features, WORLD, "rowwise_adagrad"))
     for key, value in one["after"].items():
         torch.testing.assert_close(two["after"][key], value, rtol=1e-4, atol=1e-6, msg=lambda m, k=key: f"{k}: {m}")

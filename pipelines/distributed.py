@@ -1,0 +1,53 @@
+"""The training ranks' process group and the few collectives the trainer runs itself (torch only, no TorchRec).
+
+On GPUs the group is ``cpu:gloo,cuda:nccl``: TorchRec's collectives on CUDA tensors go through nccl, while the
+trainer's own small CPU collectives (mean losses, gathered validation predictions, object broadcasts) go through
+gloo. An nccl-only group fails on the first CPU tensor.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def process_group_backend(cuda: bool) -> str:
+    """gloo on CPU; on GPUs nccl for CUDA tensors and gloo for CPU ones."""
+    return "cpu:gloo,cuda:nccl" if cuda else "gloo"
+
+
+def init_distributed() -> torch.device:
+    """Joins the job's process group (torchrun's environment); returns this rank's device."""
+    cuda = torch.cuda.is_available()
+    device = torch.device("cpu")
+    if cuda:
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+        torch.cuda.set_device(device)
+    timeout = timedelta(seconds=int(os.environ.get("RANKER_DIST_TIMEOUT", 600)))
+    dist.init_process_group(process_group_backend(cuda), timeout=timeout)
+    return device
+
+
+def mean_over_ranks(value: float) -> float:
+    """The mean of one CPU scalar over all ranks."""
+    total = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(total)
+    return float(total) / dist.get_world_size()
+
+
+def gather_to_rank0(obj: Any) -> list[Any] | None:
+    """Every rank's ``obj``, in rank order, on rank 0 only (``None`` elsewhere): no rank but 0 holds them all."""
+    gathered: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
+
+
+def broadcast_from_rank0(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    box = [obj if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
