@@ -2,12 +2,14 @@
 
 Run under ``torchrun`` (``ranker train --config C --nproc N`` launches it); every rank runs :func:`train`.
 
-- Model: built with its tables on ``meta``, sharded by the planner (``ranker.sharding``); fused row-wise Adagrad
-  for the embeddings, Adam for the dense part, gradient clipping, warm-up + cosine learning-rate schedule, bf16
-  autocast on CUDA.
-- Validation every ``eval_every`` steps (and at each epoch end): scores gathered from all ranks, exact AUC /
-  logloss / NE on rank 0, broadcast so every rank takes the same early-stopping decision.
-- Checkpoints (``torch.distributed.checkpoint``) at each validation; ``--resume`` continues from the last one,
+- Checked first, in the launching process (:func:`preflight`), so that a bad config never reaches the ranks.
+- Model: built with its tables on ``meta``, sharded by the planner (``ranker.sharding``); the sparse optimiser
+  (row-wise Adagrad by default) for every table whatever its sharding, Adam for the dense part, gradient
+  clipping, warm-up + cosine learning-rate schedule, bf16 autocast on CUDA.
+- Validation every ``eval_every`` steps (and at each epoch end): scores gathered to rank 0 only, exact AUC /
+  logloss / NE there, broadcast so every rank takes the same early-stopping decision.
+- Checkpoints (``torch.distributed.checkpoint``) at each validation, the newest ``keep_checkpoints`` and the best
+  kept; ``--resume`` continues from the last one,
   skipping the batches of the interrupted epoch already trained, so a resumed run ends where an uninterrupted
   run with the same seed ends.
 - Export: the best checkpoint (by validation AUC of the first task) as an unsharded CPU state dict plus the
