@@ -81,7 +81,13 @@ class DenseArch(nn.Module):
 
 class _ImageTokens(nn.Module):
     """Shared tail of the vision archs: ``B x De`` image embeddings -> ``B x N x D`` tokens, a learned token
-    for rows without an image."""
+    for rows without an image.
+
+    Args:
+        embed_dim: De, the image embedding width.
+        num_tokens: N, image tokens per row.
+        dim: D.
+    """
 
     def __init__(self, embed_dim: int, num_tokens: int, dim: int) -> None:
         super().__init__()
