@@ -279,11 +279,14 @@ class Schema:
         """The input parquet files of ``split`` (a path or a glob), sorted; an error if none match."""
         if split not in self.files:
             raise ValueError(f"schema {self.name!r} has no {split!r} split; it has {sorted(self.files)}")
-        pattern = self.files[split]
-        full = pattern if Path(pattern).is_absolute() else str(Path(self.base_dir) / pattern)
+        return self.matching(self.files[split], f"split {split!r}")
+
+    def matching(self, pattern: str, what: str) -> list[Path]:
+        """The files matching ``pattern`` (a path or a glob, relative to the schema file), sorted; an error if none."""
+        full = str(self.resolve(pattern))
         matches = sorted(Path(p) for p in glob.glob(full))
         if not matches:
-            raise FileNotFoundError(f"split {split!r}: no file matches {full}")
+            raise FileNotFoundError(f"{what}: no file matches {full}")
         return matches
 
     def resolve(self, rel: str) -> Path:
