@@ -24,8 +24,8 @@ complete one)::
     source:
       interactions: events/*.parquet    # one row per interaction
       joins:                            # side tables, many-to-one on a key column of the same name
-        - {table: users.parquet, on: user_id}
-        - {table: items.parquet, on: item_id, how: inner}   # rows without a match are bad rows
+        - {table: users.parquet, key: user_id}
+        - {table: items.parquet, key: item_id, how: inner}   # rows without a match are bad rows
       timestamp: {column: ts, format: "%Y-%m-%d %H:%M:%S"}  # or an integer epoch (unit: s | ms | us) or datetime
       derive:                           # columns computed from the timestamp
         - {name: hour, part: hour}
@@ -152,10 +152,10 @@ class ImageSpec:
 
 @dataclass(frozen=True)
 class Join:
-    """A side table joined to the interactions on ``on`` (same column name in both; unique in the side table)."""
+    """A side table joined to the interactions on ``key`` (same column name in both; unique in the side table)."""
 
     table: str  # a parquet path or glob, relative to the schema file
-    on: str
+    key: str  # (not ``on``: YAML 1.1 reads an unquoted ``on`` key as true)
     how: Literal["left", "inner"] = "left"  # left: unmatched rows keep nulls (counted); inner: they are bad rows
 
 

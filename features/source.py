@@ -86,15 +86,15 @@ def _scan(table: _Table, columns: list[str], first_index: int) -> pl.LazyFrame:
 
 def _side_frame(join: Join, table: _Table, columns: list[str], index: int) -> pl.LazyFrame:
     """The side table's key and provided columns, checked to hold one row per key."""
-    if join.on not in table.columns:
-        raise DataError(f"{table.label}: join key {join.on!r} is missing; the table has {list(table.columns)}")
-    side = pl.concat([pl.scan_parquet(f).select([join.on, *columns]) for f in table.files])
-    repeated = side.group_by(join.on).agg(pl.len().alias("n")).filter(pl.col("n") > 1).sort(join.on).collect()
+    if join.key not in table.columns:
+        raise DataError(f"{table.label}: join key {join.key!r} is missing; the table has {list(table.columns)}")
+    side = pl.concat([pl.scan_parquet(f).select([join.key, *columns]) for f in table.files])
+    repeated = side.group_by(join.key).agg(pl.len().alias("n")).filter(pl.col("n") > 1).sort(join.key).collect()
     if repeated.height:
         first = repeated.row(0, named=True)
         raise DataError(
-            f"{table.label}: join key {join.on!r} is not unique: {repeated.height} value(s) appear more than once "
-            f"(first {first[join.on]!r}, {first['n']} times); a side table needs one row per key, or the join "
+            f"{table.label}: join key {join.key!r} is not unique: {repeated.height} value(s) appear more than once "
+            f"(first {first[join.key]!r}, {first['n']} times); a side table needs one row per key, or the join "
             "would repeat interaction rows"
         )
     return side.with_columns(pl.lit(True).alias(f"_matched_{index}"))
@@ -140,7 +140,7 @@ def _source_problem(source: Source, sides: Sequence[tuple[Join, _Table]], where:
         checks.append((pl.col(TIME_COLUMN).is_null(), f"column {name!r}{at} (timestamp): unparsable {how}"))
     for i, (join, table) in enumerate(sides):
         if join.how == "inner":
-            checks.append((pl.col(f"_matched_{i}").is_null(), f"column {join.on!r}: no match in {table.label}"))
+            checks.append((pl.col(f"_matched_{i}").is_null(), f"column {join.key!r}: no match in {table.label}"))
     expr = pl.lit(None, dtype=pl.String)
     for cond, reason in reversed(checks):
         expr = pl.when(cond).then(pl.lit(reason)).otherwise(expr)
@@ -258,15 +258,15 @@ def stage(schema: Schema, out_dir: Path) -> tuple[Schema, dict[str, Any]]:
     key_types = {c: parts[0][1].columns[c] for c in own}
     for i, (join, table) in enumerate(sides):
         check_types(table.files[0], table.columns, schema)
-        if join.on not in key_types:
-            raise DataError(f"{parts[0][1].label}: join key {join.on!r} (of {table.label}) is not a column here")
-        if join.on in table.columns and table.columns[join.on] != key_types[join.on]:
+        if join.key not in key_types:
+            raise DataError(f"{parts[0][1].label}: join key {join.key!r} (of {table.label}) is not a column here")
+        if join.key in table.columns and table.columns[join.key] != key_types[join.key]:
             raise DataError(
-                f"{table.label}: join key {join.on!r} has type {table.columns[join.on]}, but {key_types[join.on]} "
+                f"{table.label}: join key {join.key!r} has type {table.columns[join.key]}, but {key_types[join.key]} "
                 f"in {parts[0][1].label}"
             )
         provided = [c for c, j in provider.items() if j == i]
-        joined = joined.join(_side_frame(join, table, provided, i), on=join.on, how="left")
+        joined = joined.join(_side_frame(join, table, provided, i), on=join.key, how="left")
         key_types.update({c: table.columns[c] for c in provided})
     if source.timestamp is not None:
         label = where.get(source.timestamp.column, parts[0][1].label)
@@ -317,7 +317,7 @@ def stage(schema: Schema, out_dir: Path) -> tuple[Schema, dict[str, Any]]:
         "rows_quarantined": bad.height,
         "reasons": reasons,
         "joins": [
-            {"table": t.label, "on": j.on, "how": j.how, "rows_matched": m, "rows_unmatched": rows_in - m}
+            {"table": t.label, "key": j.key, "how": j.how, "rows_matched": m, "rows_unmatched": rows_in - m}
             for (j, t), m in zip(sides, matched, strict=True)
         ],
         "split": {"kind": source.split.kind, "counts": counts, "temporal_leak": leak},

@@ -68,7 +68,7 @@ RAW_SCHEMA: dict[str, Any] = {
     "name": "shop",
     "source": {
         "interactions": "events/*.parquet",
-        "joins": [{"table": "users.parquet", "on": "user_id"}, {"table": "items.parquet", "on": "item_id"}],
+        "joins": [{"table": "users.parquet", "key": "user_id"}, {"table": "items.parquet", "key": "item_id"}],
         "timestamp": {"column": "ts", "format": "%Y-%m-%d %H:%M:%S"},
         "derive": [
             {"name": "hour", "part": "hour"},
