@@ -444,6 +444,7 @@ def processed_files(out_dir: str | Path, split: str) -> list[Path]:
     files = sorted((Path(out_dir) / split).glob("part-*.parquet"))
     if not files:
         raise FileNotFoundError(
-            f"{Path(out_dir) / split}: no processed parquet; build features with `ranker features build SCHEMA.yaml`"
+            f"{Path(out_dir) / split}: no processed parquet for split {split!r}; the schema must name that split "
+            "(under files:, or a source: split) and `ranker features build SCHEMA.yaml` must finish"
         )
     return files

@@ -214,6 +214,8 @@ def _split_column(source: Source, good: pl.DataFrame, order: list[str]) -> pl.Da
         group_cuts = np.array([int(g * f_train), int(g * (f_train + f_valid))])
         keys = keys.with_columns(pl.Series(SPLIT_COLUMN, names.gather(np.searchsorted(group_cuts, rank, "right"))))
         good = good.sort([FILE_INDEX, ROW_COLUMN]).join(keys, on=split.by, how="left", maintain_order="left")
+    else:  # given files: the split is known per file
+        good = good.sort([FILE_INDEX, ROW_COLUMN])
     rank_of = {s: i for i, s in enumerate(SPLITS)}
     key = pl.col(SPLIT_COLUMN).replace_strict(rank_of, return_dtype=pl.Int8)
     return good.with_columns(key.alias("_split_rank")).sort("_split_rank", maintain_order=True).drop("_split_rank")

@@ -63,11 +63,17 @@ def _cmd_features_build(args: argparse.Namespace) -> int:
     out = _features_out(args)
     manifest = build_features(args.schema, out, row_group_size=args.row_group_size, force=args.force)
     results = manifest["results"]
-    for split, rep in results["splits"].items():
+    source = results.get("source")
+    reports = ({"source": source} if source else {}) | results["splits"]
+    for split, rep in reports.items():
         counts = f"in {rep['rows_in']:>10,}  out {rep['rows_out']:>10,}  quarantined {rep['rows_quarantined']:,}"
         print(f"{split:6s} rows {counts}")
         for reason, count in rep["reasons"].items():
             print(f"         {count:,} x {reason}")
+    for join in (source or {}).get("joins", []):
+        print(f"join   {join['table']} on {join['key']} ({join['how']}): {join['rows_unmatched']:,} row(s) unmatched")
+    if results["rows_quarantined"]:
+        print(f"quarantined {results['rows_quarantined']:,} row(s) in total: {out / 'quarantine'}")
     print(f"features: {out} ({manifest['seconds']} s)")
     return 0
 
