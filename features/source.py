@@ -171,7 +171,7 @@ def _check_bad_rows(schema: Schema, label: str, flagged: pl.DataFrame) -> dict[s
             f"{label}: {bad.height} bad row(s) of {flagged.height}\n" + "\n".join(lines) + "\n(set `bad_rows: "
             "quarantine` in the schema to set up to max_bad_share of the rows aside instead of stopping)"
         )
-    groups = [("all", flagged, bad)]
+    groups = [("the source", flagged, bad)]
     if SPLIT_COLUMN in flagged.columns:
         for s in SPLITS:
             in_split = pl.col(SPLIT_COLUMN) == s
@@ -179,7 +179,7 @@ def _check_bad_rows(schema: Schema, label: str, flagged: pl.DataFrame) -> dict[s
     for scope, rows, rejected in groups:
         if rows.height and rejected.height / rows.height > schema.max_bad_share:
             raise DataError(
-                f"{label}: {rejected.height} of {rows.height} rows ({scope}, {rejected.height / rows.height:.1%}) "
+                f"{label}: {rejected.height} of {rows.height} rows of {scope} ({rejected.height / rows.height:.1%}) "
                 f"are bad, more than max_bad_share {schema.max_bad_share:.1%}; nothing was built\n"
                 + "\n".join(_problem_lines(rejected)[1])
             )

@@ -120,16 +120,13 @@ def row_problem(schema: Schema, known_items: pl.Series | None, origin: Mapping[s
         elif not lb.values:
             outside = ~col.cast(pl.Float64).is_in([0.0, 1.0])
             checks.append((outside, f"{name(lb.column)} (label): value outside {{0, 1}}"))
-    for f in schema.dense:
-        col = pl.col(f.column).cast(pl.Float64)
-        if f.fill_null is None:
-            checks.append((col.is_null(), f"{name(f.column)} (dense): null"))
-        else:
-            col = col.fill_null(f.fill_null)
-        checks.append((col.is_nan(), f"{name(f.column)} (dense): NaN"))
-        checks.append((col.is_infinite(), f"{name(f.column)} (dense): inf"))
-        if f.transform == "log1p":
-            checks.append((col <= -1.0, f"{name(f.column)} (dense, log1p): value <= -1"))
+    # Ids before values: a bad id (say negative, so unmatched in a side table) is the cause to report.
+    checks.append((pl.col(schema.group).is_null(), f"{name(schema.group)} (group): null"))
+    if schema.item:
+        item = pl.col(schema.item)
+        checks.append((item.is_null(), f"{name(schema.item)} (item): null"))
+        if known_items is not None:
+            checks.append((~item.is_in(known_items.implode()), f"{name(schema.item)} (item): id not in items table"))
     for f in schema.sparse:
         col = pl.col(f.column)
         if not f.nullable and f.fill_null is None:
@@ -142,12 +139,16 @@ def row_problem(schema: Schema, known_items: pl.Series | None, origin: Mapping[s
             checks.append((bad.fill_null(False), f"{name(f.column)} (sparse): id outside [0, {f.num_ids})"))
         if f.encoding == "bucket":
             checks.append((col.cast(pl.Float64).is_nan(), f"{name(f.column)} (sparse, bucket): NaN"))
-    checks.append((pl.col(schema.group).is_null(), f"{name(schema.group)} (group): null"))
-    if schema.item:
-        item = pl.col(schema.item)
-        checks.append((item.is_null(), f"{name(schema.item)} (item): null"))
-        if known_items is not None:
-            checks.append((~item.is_in(known_items.implode()), f"{name(schema.item)} (item): id not in items table"))
+    for f in schema.dense:
+        col = pl.col(f.column).cast(pl.Float64)
+        if f.fill_null is None:
+            checks.append((col.is_null(), f"{name(f.column)} (dense): null"))
+        else:
+            col = col.fill_null(f.fill_null)
+        checks.append((col.is_nan(), f"{name(f.column)} (dense): NaN"))
+        checks.append((col.is_infinite(), f"{name(f.column)} (dense): inf"))
+        if f.transform == "log1p":
+            checks.append((col <= -1.0, f"{name(f.column)} (dense, log1p): value <= -1"))
     expr = pl.lit(None, dtype=pl.String)
     for cond, reason in reversed(checks):
         expr = pl.when(cond.fill_null(False)).then(pl.lit(reason)).otherwise(expr)
