@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipelines.build_features import build_features
 from features.validate import DataError
+from pipelines.build_features import build_features
 from tests.helpers import RAW_SCHEMA, write_raw_tables
 
 pytestmark = pytest.mark.unit
@@ -108,8 +108,9 @@ def test_unmatched_rows_of_an_inner_join_are_counted(tmp_path: Path) -> None:
 def test_label_constant_in_a_split(tmp_path: Path) -> None:
     schema = _schema(tmp_path / "raw")
     # The last 10% of the time range (the test split) all rated 5.
+    last = pl.int_range(pl.len()) >= pl.len() - 200
     _edit(tmp_path / "raw" / "events" / "part-1.parquet", lambda df: df.with_columns(
-        pl.when(pl.int_range(pl.len()) >= df.height - 200).then(5.0).otherwise(pl.col("rating")).alias("rating")))  # fmt: skip
+        pl.when(last).then(5.0).otherwise(pl.col("rating")).alias("rating")))  # fmt: skip
     with pytest.raises(DataError) as err:
         build_features(schema, tmp_path / "feat", progress=False)
     message = str(err.value)
@@ -138,7 +139,7 @@ def test_a_split_eaten_by_quarantine_fails(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     write_raw_tables(raw)
     events = pl.read_parquet(raw / "events" / "*.parquet")
-    for split, part in zip(("train", "valid", "test"), (events[:1800], events[1800:1980], events[1980:])):
+    for split, part in zip(("train", "valid", "test"), (events[:1800], events[1800:1980], events[1980:]), strict=True):
         part.write_parquet(raw / f"{split}.parquet")
     _edit(raw / "test.parquet", _at_bad_rows("ts", None))
     files = {s: f"{s}.parquet" for s in ("train", "valid", "test")}
