@@ -296,7 +296,7 @@ def stage(schema: Schema, out_dir: Path) -> tuple[Schema, dict[str, Any]]:
             raise DataError(f"{parts[0][1].label}: split {split!r} is empty after the {source.split.kind} split")
         path = out_dir / SOURCE_DIR / f"{split}.parquet"
         part.select(keep).write_parquet(path)
-        files[split] = str(path)
+        files[split] = str(path.resolve())  # absolute: a relative --out would resolve against the schema
         counts[split] = {"rows": part.height} | {
             f"positive_rate_{lb.name}": float(part.select(label_expr(lb).mean()).item()) for lb in schema.labels
         }
