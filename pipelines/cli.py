@@ -78,12 +78,21 @@ def _cmd_features_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_features_fit(args: argparse.Namespace) -> int:
-    from features.processor import fit
+def _split_schema(path: Path) -> Any:
+    """The schema at ``path``, which must be in the files: form (a source: schema is staged by the build)."""
     from features.schema import load_schema
 
+    schema = load_schema(path)
+    if schema.source is not None:
+        raise ValueError(f"{path}: a source: schema is joined and split by `ranker features build`, not fit/transform")
+    return schema
+
+
+def _cmd_features_fit(args: argparse.Namespace) -> int:
+    from features.processor import fit
+
     out = _features_out(args)
-    fmap = fit(load_schema(args.schema), out)
+    fmap = fit(_split_schema(args.schema), out)
     print(f"feature map: {out / 'feature_map.json'} ({fmap.train_rows:,} train rows)")
     return 0
 
@@ -92,9 +101,8 @@ def _cmd_features_transform(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from features.processor import transform
-    from features.schema import load_schema
 
-    schema = load_schema(args.schema)
+    schema = _split_schema(args.schema)
     out = _features_out(args)
     for split in args.split or [s for s in ("train", "valid", "test") if s in schema.files]:
         _print_json(asdict(transform(schema, out, split, row_group_size=args.row_group_size)))
@@ -136,6 +144,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     res = manifest["results"]
     for task, values in res["overall"].items():
         print(f"{task}: " + "  ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float)))
+    shares = json.loads(Path(res["metrics_json"]).read_text())["data"].get("cold_share", {})
+    if shares:
+        print("cold rows (unseen in training): " + ", ".join(f"{e} {100 * v:.1f}%" for e, v in shares.items()))
     print(f"predictions: {res['predictions']}\nmetrics:     {res['metrics_json']}\nreport:      {res['report']}")
     return 0
 
