@@ -138,6 +138,8 @@ def _source_problem(source: Source, sides: Sequence[tuple[Join, _Table]], where:
         checks.append((col.is_null(), f"column {name!r}{at} (timestamp): null"))
         how = f"with format {source.timestamp.format!r}" if source.timestamp.format else "as a time"
         checks.append((pl.col(TIME_COLUMN).is_null(), f"column {name!r}{at} (timestamp): unparsable {how}"))
+    if source.split.by is not None:
+        checks.append((pl.col(source.split.by).is_null(), f"column {source.split.by!r} (split by): null"))
     for i, (join, table) in enumerate(sides):
         if join.how == "inner":
             checks.append((pl.col(f"_matched_{i}").is_null(), f"column {join.key!r}: no match in {table.label}"))
@@ -228,21 +230,31 @@ def _parse_cutoff(value: str) -> Any:
     return parsed.item()
 
 
-def stage(schema: Schema, out_dir: Path) -> tuple[Schema, dict[str, Any]]:
-    """Writes ``out_dir/source/<split>.parquet`` (and the quarantine); returns the schema over them and a report."""
-    source = schema.source
-    assert source is not None, "stage needs a schema with a source"
+@dataclass(frozen=True)
+class _Joined:
+    """The interactions joined with their side tables, flagged per row, before the split."""
+
+    flagged: pl.DataFrame  # every interaction row, with _file, _file_index, _row, _reason (and _split, _time)
+    label: str  # the interactions, for messages
+    files: list[str]
+    needed: list[str]  # raw columns read
+    joins: list[dict[str, Any]]  # per join: table, key, how, rows matched and unmatched
+
+
+def _join(schema: Schema, source: Source) -> _Joined:
+    """Reads, checks (file level) and joins the tables, and flags every row's first problem."""
     if source.split.kind == "files":
         parts = [(s, _open(schema, source.split.files[s], f"source split {s!r}")) for s in SPLITS]
     else:
         parts = [(None, _open(schema, source.interactions, "source interactions"))]
+    main = parts[0][1]
     sides = [(j, _open(schema, j.table, f"source join {j.table}")) for j in source.joins]
     needed = _needed_columns(schema, source)
     for d in source.derive:
-        clash = [t.label for t in [parts[0][1], *(t for _, t in sides)] if d.name in t.columns]
+        clash = [t.label for t in [main, *(t for _, t in sides)] if d.name in t.columns]
         if clash:
             raise DataError(f"{clash[0]}: derived column {d.name!r} would replace the column of that name")
-    provider = _providers(needed, parts[0][1], sides)
+    provider = _providers(needed, main, sides)
     own = [c for c in needed if provider[c] == -1]
     where = {c: sides[i][1].label for c, i in provider.items() if i >= 0}
     frames, first_index = [], 0
@@ -257,29 +269,44 @@ def stage(schema: Schema, out_dir: Path) -> tuple[Schema, dict[str, Any]]:
         frames.append(scan if split is None else scan.with_columns(pl.lit(split).alias(SPLIT_COLUMN)))
         first_index += len(table.files)
     joined = pl.concat(frames)
-    key_types = {c: parts[0][1].columns[c] for c in own}
+    key_types = {c: main.columns[c] for c in own}
     for i, (join, table) in enumerate(sides):
         check_types(table.files[0], table.columns, schema)
         if join.key not in key_types:
-            raise DataError(f"{parts[0][1].label}: join key {join.key!r} (of {table.label}) is not a column here")
+            raise DataError(f"{main.label}: join key {join.key!r} (of {table.label}) is not a column here")
         if join.key in table.columns and table.columns[join.key] != key_types[join.key]:
             raise DataError(
                 f"{table.label}: join key {join.key!r} has type {table.columns[join.key]}, but {key_types[join.key]} "
-                f"in {parts[0][1].label}"
+                f"in {main.label}"
             )
         provided = [c for c, j in provider.items() if j == i]
         joined = joined.join(_side_frame(join, table, provided, i), on=join.key, how="left")
         key_types.update({c: table.columns[c] for c in provided})
     if source.timestamp is not None:
-        label = where.get(source.timestamp.column, parts[0][1].label)
+        label = where.get(source.timestamp.column, main.label)
         joined = joined.with_columns(_time_expr(source.timestamp, key_types[source.timestamp.column], label))
         joined = joined.with_columns([_derived_expr(d) for d in source.derive])
     problem = pl.coalesce(_source_problem(source, sides, where), row_problem(schema, None, where))
     flagged = joined.with_columns(problem.alias(REASON_COLUMN)).collect()
-    rows_in = sum(pl.scan_parquet(f).select(pl.len()).collect().item() for _, t in parts for f in t.files)
+    files = [f for _, t in parts for f in t.files]
+    rows_in = sum(pl.scan_parquet(f).select(pl.len()).collect().item() for f in files)
     if flagged.height != rows_in:
         raise RuntimeError(f"source joins changed the interactions: {rows_in} rows in, {flagged.height} joined")
-    reasons = _check_bad_rows(schema, parts[0][1].label, flagged)
+    joins = []
+    for i, (join, table) in enumerate(sides):
+        matched = int(flagged[f"_matched_{i}"].count())
+        counts = {"rows_matched": matched, "rows_unmatched": rows_in - matched}
+        joins.append({"table": table.label, "key": join.key, "how": join.how} | counts)
+    return _Joined(flagged, main.label, [str(f) for f in files], needed, joins)
+
+
+def stage(schema: Schema, out_dir: Path) -> tuple[Schema, dict[str, Any]]:
+    """Writes ``out_dir/source/<split>.parquet`` (and the quarantine); returns the schema over them and a report."""
+    source = schema.source
+    assert source is not None, "stage needs a schema with a source"
+    joined = _join(schema, source)
+    flagged = joined.flagged
+    reasons = _check_bad_rows(schema, joined.label, flagged)
     bad = flagged.filter(pl.col(REASON_COLUMN).is_not_null())
     if bad.height:
         (out_dir / "quarantine").mkdir(parents=True, exist_ok=True)
@@ -289,11 +316,11 @@ def stage(schema: Schema, out_dir: Path) -> tuple[Schema, dict[str, Any]]:
     good = _split_column(source, flagged.filter(pl.col(REASON_COLUMN).is_null()), order)
     (out_dir / SOURCE_DIR).mkdir(parents=True, exist_ok=True)
     files, counts = {}, {}
-    keep = list(dict.fromkeys(needed + [d.name for d in source.derive]))
+    keep = list(dict.fromkeys(joined.needed + [d.name for d in source.derive]))
     for split in SPLITS:
         part = good.filter(pl.col(SPLIT_COLUMN) == split)
         if part.height == 0:
-            raise DataError(f"{parts[0][1].label}: split {split!r} is empty after the {source.split.kind} split")
+            raise DataError(f"{joined.label}: split {split!r} is empty after the {source.split.kind} split")
         path = out_dir / SOURCE_DIR / f"{split}.parquet"
         part.select(keep).write_parquet(path)
         files[split] = str(path.resolve())  # absolute: a relative --out would resolve against the schema
@@ -303,25 +330,21 @@ def stage(schema: Schema, out_dir: Path) -> tuple[Schema, dict[str, Any]]:
         if source.timestamp is not None:
             counts[split] |= {"first_time": str(part[TIME_COLUMN].min()), "last_time": str(part[TIME_COLUMN].max())}
     rows_out = sum(c["rows"] for c in counts.values())
-    if rows_out + bad.height != rows_in:
-        raise RuntimeError(f"source: {rows_in} rows in but {rows_out} split + {bad.height} quarantined")
+    if rows_out + bad.height != flagged.height:
+        raise RuntimeError(f"source: {flagged.height} rows in but {rows_out} split + {bad.height} quarantined")
     leak = None
     if source.timestamp is not None:
         times = [good.filter(pl.col(SPLIT_COLUMN) == s)[TIME_COLUMN] for s in SPLITS]
         leak = bool(times[1].min() < times[0].max() or times[2].min() < times[1].max())  # type: ignore[operator]
         if leak and source.split.kind == "temporal":
             raise RuntimeError("temporal split: a later split holds a timestamp before the end of an earlier one")
-    matched = [int(flagged[f"_matched_{i}"].count()) for i in range(len(sides))]
     report = {
-        "interactions": [str(f) for _, t in parts for f in t.files],
-        "rows_in": rows_in,
+        "interactions": joined.files,
+        "rows_in": flagged.height,
         "rows_out": rows_out,
         "rows_quarantined": bad.height,
         "reasons": reasons,
-        "joins": [
-            {"table": t.label, "key": j.key, "how": j.how, "rows_matched": m, "rows_unmatched": rows_in - m}
-            for (j, t), m in zip(sides, matched, strict=True)
-        ],
+        "joins": joined.joins,
         "split": {"kind": source.split.kind, "counts": counts, "temporal_leak": leak},
     }
     return replace(schema, files=files, source=None), report
