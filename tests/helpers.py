@@ -99,6 +99,7 @@ RAW_SCHEMA: dict[str, Any] = {
         {"name": "item_age", "column": "item_age", "transform": "log1p", "fill_null": 0},
     ],
     "slices": ["country"],
+    "entities": ["category"],
     "bad_rows": "quarantine",
     "max_bad_share": 0.05,
 }

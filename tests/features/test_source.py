@@ -82,8 +82,9 @@ def test_buckets_fill_null_and_cold_flags(shop: tuple[Path, Path, dict]) -> None
     # A user without a country gets the vocabulary id of the declared fill value, not the missing id.
     assert train_raw["country"].null_count() > 0
     assert (train.filter(train_raw["country"].is_null())["country"] > MISSING_ID).all()
-    seen_users = set(train_raw["user_id"].to_list())
-    assert test["is_cold_user_id"].to_list() == [u not in seen_users for u in test_raw["user_id"].to_list()]
+    for entity in ("user_id", "item_id", "category"):  # the group, the item and a declared entity
+        seen = set(train_raw[entity].to_list())
+        assert test[f"is_cold_{entity}"].to_list() == [v not in seen for v in test_raw[entity].to_list()]
 
 
 def test_cutoff_split(tmp_path: Path) -> None:

@@ -105,6 +105,15 @@ def test_unmatched_rows_of_an_inner_join_are_counted(tmp_path: Path) -> None:
     assert results["rows_out"] + results["rows_quarantined"] == results["rows_in"] == 2000
 
 
+def test_null_group_of_a_random_split(tmp_path: Path) -> None:
+    split = {"kind": "random", "by": "user_id", "seed": 0}
+    schema = _schema(tmp_path / "raw", source={**RAW_SCHEMA["source"], "split": split})
+    part = _edit(tmp_path / "raw" / "events" / "part-0.parquet", _at_bad_rows("user_id", None))
+    with pytest.raises(DataError) as err:
+        build_features(schema, tmp_path / "feat", progress=False)
+    assert f"column 'user_id' (split by): null: 3 row(s), first at row 3 of {part}" in str(err.value)
+
+
 def test_label_constant_in_a_split(tmp_path: Path) -> None:
     schema = _schema(tmp_path / "raw")
     # The last 10% of the time range (the test split) all rated 5.
