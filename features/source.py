@@ -88,7 +88,15 @@ def _side_frame(join: Join, table: _Table, columns: list[str], index: int) -> pl
     """The side table's key and provided columns, checked to hold one row per key."""
     if join.key not in table.columns:
         raise DataError(f"{table.label}: join key {join.key!r} is missing; the table has {list(table.columns)}")
-    side = pl.concat([pl.scan_parquet(f).select([join.key, *columns]) for f in table.files])
+    side = pl.concat(
+        [
+            pl.scan_parquet(f)
+            .select([join.key, *columns])
+            .with_row_index(f"_side_row_{index}")
+            .with_columns(pl.lit(str(f)).alias(f"_side_file_{index}"))
+            for f in table.files
+        ]
+    )
     repeated = side.group_by(join.key).agg(pl.len().alias("n")).filter(pl.col("n") > 1).sort(join.key).collect()
     if repeated.height:
         first = repeated.row(0, named=True)
@@ -149,25 +157,39 @@ def _source_problem(source: Source, sides: Sequence[tuple[Join, _Table]], where:
     return expr
 
 
-def _problem_lines(bad: pl.DataFrame) -> tuple[dict[str, int], list[str]]:
-    """Counts per reason, and one message line per reason with its first row and file."""
+def _problem_lines(bad: pl.DataFrame, side_columns: Sequence[dict[str, str]]) -> tuple[dict[str, int], list[str]]:
+    """Counts per reason, and one message line per reason with its first row and file.
+
+    ``side_columns[i]`` maps the columns that join ``i`` provides to their table: a reason about such a column
+    also gives the side table's row (or says that no row matched).
+    """
+    sides = [i for i in range(len(side_columns)) if f"_side_row_{i}" in bad.columns]
+    firsts = [pl.col(c).first() for i in sides for c in (f"_side_row_{i}", f"_side_file_{i}")]
     summary = (
         bad.sort([FILE_INDEX, ROW_COLUMN])
         .group_by(REASON_COLUMN, maintain_order=True)
-        .agg(pl.len().alias("rows"), pl.col(FILE_COLUMN).first(), pl.col(ROW_COLUMN).first())
+        .agg(pl.len().alias("rows"), pl.col(FILE_COLUMN).first(), pl.col(ROW_COLUMN).first(), *firsts)
     )
-    counts = {r[REASON_COLUMN]: int(r["rows"]) for r in summary.to_dicts()}
-    lines = [
-        f"  {r[REASON_COLUMN]}: {r['rows']} row(s), first at row {r[ROW_COLUMN]} of {r[FILE_COLUMN]}"
-        for r in summary.to_dicts()
-    ]
+    counts, lines = {}, []
+    for r in summary.to_dicts():
+        reason = r[REASON_COLUMN]
+        counts[reason] = int(r["rows"])
+        line = f"  {reason}: {r['rows']} row(s), first at row {r[ROW_COLUMN]} of {r[FILE_COLUMN]}"
+        for i in sides:
+            table = next((t for c, t in side_columns[i].items() if reason.startswith(f"column {c!r} of {t} ")), None)
+            if table is not None and r[f"_side_row_{i}"] is None:
+                line += f" (no row of {table} matches it)"
+            elif table is not None:
+                line += f" (row {r[f'_side_row_{i}']} of {r[f'_side_file_{i}']})"
+        lines.append(line)
     return counts, lines
 
 
-def _check_bad_rows(schema: Schema, label: str, flagged: pl.DataFrame) -> dict[str, int]:
+def _check_bad_rows(schema: Schema, joined: _Joined) -> dict[str, int]:
     """Stops on bad rows (``bad_rows: error``) or on too many of them (overall or per given split); returns counts."""
+    flagged, label = joined.flagged, joined.label
     bad = flagged.filter(pl.col(REASON_COLUMN).is_not_null())
-    counts, lines = _problem_lines(bad)
+    counts, lines = _problem_lines(bad, joined.side_columns)
     if bad.height and schema.bad_rows == "error":
         raise DataError(
             f"{label}: {bad.height} bad row(s) of {flagged.height}\n" + "\n".join(lines) + "\n(set `bad_rows: "
@@ -183,7 +205,7 @@ def _check_bad_rows(schema: Schema, label: str, flagged: pl.DataFrame) -> dict[s
             raise DataError(
                 f"{label}: {rejected.height} of {rows.height} rows of {scope} ({rejected.height / rows.height:.1%}) "
                 f"are bad, more than max_bad_share {schema.max_bad_share:.1%}; nothing was built\n"
-                + "\n".join(_problem_lines(rejected)[1])
+                + "\n".join(_problem_lines(rejected, joined.side_columns)[1])
             )
     return counts
 
@@ -239,6 +261,7 @@ class _Joined:
     files: list[str]
     needed: list[str]  # raw columns read
     joins: list[dict[str, Any]]  # per join: table, key, how, rows matched and unmatched
+    side_columns: list[dict[str, str]]  # per join: provided column -> table label
 
 
 def _join(schema: Schema, source: Source) -> _Joined:
@@ -297,7 +320,8 @@ def _join(schema: Schema, source: Source) -> _Joined:
         matched = int(flagged[f"_matched_{i}"].count())
         counts = {"rows_matched": matched, "rows_unmatched": rows_in - matched}
         joins.append({"table": table.label, "key": join.key, "how": join.how} | counts)
-    return _Joined(flagged, main.label, [str(f) for f in files], needed, joins)
+    side_columns = [{c: t.label for c, j in provider.items() if j == i} for i, (_, t) in enumerate(sides)]
+    return _Joined(flagged, main.label, [str(f) for f in files], needed, joins, side_columns)
 
 
 def stage(schema: Schema, out_dir: Path) -> tuple[Schema, dict[str, Any]]:
@@ -306,7 +330,7 @@ def stage(schema: Schema, out_dir: Path) -> tuple[Schema, dict[str, Any]]:
     assert source is not None, "stage needs a schema with a source"
     joined = _join(schema, source)
     flagged = joined.flagged
-    reasons = _check_bad_rows(schema, joined.label, flagged)
+    reasons = _check_bad_rows(schema, joined)
     bad = flagged.filter(pl.col(REASON_COLUMN).is_not_null())
     if bad.height:
         (out_dir / "quarantine").mkdir(parents=True, exist_ok=True)

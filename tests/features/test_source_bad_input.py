@@ -81,15 +81,19 @@ def test_bad_rows_are_named_then_quarantined(tmp_path: Path, case: str) -> None:
 
 def test_bad_value_in_a_side_table_names_that_table(tmp_path: Path) -> None:
     schema = _schema(tmp_path / "raw")
-    users = _edit(tmp_path / "raw" / "users.parquet", lambda df: df.with_columns(
-        pl.when(pl.col("user_id") == 5).then(float("nan")).otherwise(pl.col("age")).alias("age")))  # fmt: skip
+    nan_age = pl.when(pl.col("user_id") == 5).then(float("nan")).otherwise(pl.col("age")).alias("age")
+    users = _edit(
+        tmp_path / "raw" / "users.parquet", lambda df: df.with_columns(nan_age).filter(pl.col("user_id") != 8)
+    )
     events = pl.read_parquet(tmp_path / "raw" / "events" / "*.parquet")
-    affected = int((events["user_id"] == 5).sum())
-    first = int(np.flatnonzero(events["user_id"].to_numpy() == 5)[0])
     with pytest.raises(DataError) as err:
         build_features(schema, tmp_path / "feat", progress=False)
     message = str(err.value)
-    assert f"column 'age' of {users} (dense): NaN: {affected} row(s), first at row {first} of" in message, message
+    # User 5's age is NaN (row 5 of the users table); user 8 has no row, so a left join leaves the age null.
+    for user, problem, where in ((5, "NaN", f"(row 5 of {users})"), (8, "null", f"(no row of {users} matches it)")):
+        rows = np.flatnonzero(events["user_id"].to_numpy() == user)
+        line = f"column 'age' of {users} (dense): {problem}: {len(rows)} row(s), first at row {rows[0]} of"
+        assert line in message and where in message, message
 
 
 def test_unmatched_rows_of_an_inner_join_are_counted(tmp_path: Path) -> None:
