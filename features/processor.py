@@ -8,7 +8,8 @@ one processed parquet file with row groups sized for per-rank reading. Both use 
 Processed columns: one ``Int64`` (single) or ``List(Int64)`` (multi) column per sparse feature, one ``Float32``
 column per dense feature, ``label_<name>`` (Int8) per label, ``group_id`` (Int64), and where the schema declares
 an item: ``item_id`` (Int64), ``image_index`` (Int64, -1 without an image) and ``is_cold`` (item unseen in
-training); ``slice_<column>`` per slice column (raw values), and the passthrough columns unchanged.
+training); ``is_cold_<column>`` (Boolean: value unseen in training) per cold entity (the group, the item and the
+schema's ``entities``); ``slice_<column>`` per slice column (raw values), and the passthrough columns unchanged.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from features import images as image_store
-from features.schema import FIRST_ID, MISSING_ID, OOV_ID, Schema, SparseFeature
+from features.schema import FIRST_ID, MISSING_ID, OOV_ID, Label, Schema, SparseFeature
 from features.validate import (
     REASON_COLUMN,
     ROW_COLUMN,
@@ -37,6 +38,8 @@ FORMAT_VERSION = 1
 HASH_ALGORITHM = "blake2b-64"
 FEATURE_MAP = "feature_map.json"
 TRAIN_ITEMS = "train_items.parquet"
+TRAIN_VALUES = "train_values"  # folder: <column>.parquet, the values of each cold entity seen in training
+COLD_PREFIX = "is_cold_"
 DEFAULT_ROW_GROUP = 65_536
 DEFAULT_WINDOW = 1_000_000  # rows transformed at a time (bounds transform memory)
 SLICE_PREFIX = "slice_"
@@ -74,6 +77,8 @@ class SparseState:
     min_count: int = 1
     buckets: int = 0
     num_ids: int = 0
+    edges: tuple[float, ...] = ()
+    fill_null: str | int | float | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,8 @@ class FeatureMap:
     num_images: int
     train_rows: int
     positive_rate: dict[str, float]
+    label_rules: tuple[str, ...] = ()  # e.g. "rating >= 4"; empty in feature maps written before label rules
+    cold_entities: tuple[str, ...] = ()
 
     @property
     def sparse_names(self) -> list[str]:
@@ -134,10 +141,10 @@ class FeatureMap:
         raw: dict[str, Any] = json.loads(path.read_text())
         if raw.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path}: format_version {raw.get('format_version')} != supported {FORMAT_VERSION}")
-        raw["sparse"] = tuple(SparseState(**s) for s in raw["sparse"])
+        raw["sparse"] = tuple(SparseState(**{**s, "edges": tuple(s.get("edges", ()))}) for s in raw["sparse"])
         raw["dense"] = tuple(DenseState(**d) for d in raw["dense"])
-        for key in ("labels", "label_columns", "slices", "passthrough"):
-            raw[key] = tuple(raw[key])
+        for key in ("labels", "label_columns", "slices", "passthrough", "label_rules", "cold_entities"):
+            raw[key] = tuple(raw.get(key, ()))
         raw["image_shape"] = tuple(raw["image_shape"]) if raw["image_shape"] is not None else None
         return cls(**raw)
 
@@ -174,9 +181,31 @@ def _dense_expr(column: str, transform: str, fill_null: float | None) -> pl.Expr
     return col.log1p() if transform == "log1p" else col
 
 
+def _filled(column: str, value: str | int | float | None) -> pl.Expr:
+    return pl.col(column) if value is None else pl.col(column).fill_null(value)
+
+
 def _ids_values(f: SparseFeature) -> pl.Expr:
-    col = pl.col(f.column)
-    return col.explode().drop_nulls() if f.kind == "multi" else col.drop_nulls()
+    return pl.col(f.column).explode().drop_nulls() if f.kind == "multi" else _filled(f.column, f.fill_null).drop_nulls()
+
+
+def label_expr(label: Label) -> pl.Expr:
+    """The 0/1 label (Int8) of ``label``'s rule; values of a value-set rule compare as strings."""
+    col = pl.col(label.column)
+    if label.threshold is not None:
+        col = col.cast(pl.Float64) >= label.threshold
+    elif label.values:
+        col = col.cast(pl.String).is_in([str(v) for v in label.values])
+    return col.cast(pl.Int8)
+
+
+def _bucket_edges(f: SparseFeature, train: pl.LazyFrame) -> pl.LazyFrame:
+    """Bucket edges of ``f`` (a one-row frame of a list): the declared ones, or train quantiles without repeats."""
+    if f.edges:
+        return pl.LazyFrame({"edges": [list(f.edges)]})
+    col = pl.col(f.column).cast(pl.Float64)
+    qs = [col.quantile(i / f.quantiles, interpolation="linear") for i in range(1, f.quantiles)]
+    return train.select(pl.concat_list(qs).list.unique().list.sort().alias("edges"))
 
 
 def fit(schema: Schema, out_dir: Path) -> FeatureMap:
@@ -189,6 +218,7 @@ def fit(schema: Schema, out_dir: Path) -> FeatureMap:
     train = pl.concat(frames)
 
     vocab_features = [f for f in schema.sparse if f.encoding == "vocab"]
+    bucket_features = [f for f in schema.sparse if f.encoding == "bucket"]
     queries = [
         train.select(_ids_values(f).alias("value"))
         .group_by("value")
@@ -203,15 +233,22 @@ def fit(schema: Schema, out_dir: Path) -> FeatureMap:
         [pl.len().alias("_rows")]
         + [_dense_expr(d.column, d.transform, d.fill_null).mean().alias(f"{d.name}.mean") for d in schema.dense]
         + [_dense_expr(d.column, d.transform, d.fill_null).std(ddof=0).alias(f"{d.name}.std") for d in schema.dense]
-        + [pl.col(lb.column).cast(pl.Float64).mean().alias(f"{lb.name}.rate") for lb in schema.labels]
+        + [label_expr(lb).cast(pl.Float64).mean().alias(f"{lb.name}.rate") for lb in schema.labels]
     )
-    item_query = [train.select(pl.col(schema.item).unique().sort())] if schema.item else []
-    results = pl.collect_all([*queries, stats, *item_query])
+    entities = schema.cold_entities
+    entity_queries = [train.select(pl.col(e).unique().sort()) for e in entities]
+    edge_queries = [_bucket_edges(f, train) for f in bucket_features]
+    results = pl.collect_all([*edge_queries, *queries, stats, *entity_queries])
+    edges = {f.name: tuple(results.pop(0)["edges"][0]) for f in bucket_features}
     vocabs, stat_row = results[: len(queries)], results[len(queries)].row(0, named=True)
     if stat_row["_rows"] == 0:
         raise ValueError(f"schema {schema.name!r}: the training split has no usable rows")
+    seen = dict(zip(entities, results[len(queries) + 1 : len(queries) + 1 + len(entities)], strict=True))
+    (out_dir / TRAIN_VALUES).mkdir(exist_ok=True)
+    for entity, values in seen.items():
+        values.write_parquet(out_dir / TRAIN_VALUES / f"{entity}.parquet")
     if schema.item:
-        results[-1].write_parquet(out_dir / TRAIN_ITEMS)
+        seen[schema.item].write_parquet(out_dir / TRAIN_ITEMS)
 
     vocab_by_name = dict(zip([f.name for f in vocab_features], vocabs, strict=True))
     sparse_states = []
@@ -221,12 +258,22 @@ def fit(schema: Schema, out_dir: Path) -> FeatureMap:
             vocab_file = f"vocab/{f.name}.parquet"
             vocab.write_parquet(out_dir / vocab_file)
             state = SparseState(
-                f.name, f.column, f.kind, f.encoding, FIRST_ID + vocab.height, vocab_file, vocab.height, f.min_count
-            )
+                f.name, f.column, f.kind, f.encoding, FIRST_ID + vocab.height, vocab_file, vocab.height, f.min_count,
+                fill_null=f.fill_null,
+            )  # fmt: skip
+        elif f.encoding == "bucket":
+            state = SparseState(
+                f.name, f.column, f.kind, f.encoding, FIRST_ID + len(edges[f.name]) + 1, edges=edges[f.name],
+                fill_null=f.fill_null,
+            )  # fmt: skip
         elif f.encoding == "hash":
-            state = SparseState(f.name, f.column, f.kind, f.encoding, FIRST_ID + f.buckets, buckets=f.buckets)
+            state = SparseState(
+                f.name, f.column, f.kind, f.encoding, FIRST_ID + f.buckets, buckets=f.buckets, fill_null=f.fill_null
+            )
         else:
-            state = SparseState(f.name, f.column, f.kind, f.encoding, FIRST_ID + f.num_ids, num_ids=f.num_ids)
+            state = SparseState(
+                f.name, f.column, f.kind, f.encoding, FIRST_ID + f.num_ids, num_ids=f.num_ids, fill_null=f.fill_null
+            )
         sparse_states.append(state)
     dense_states = []
     for d in schema.dense:
@@ -253,6 +300,8 @@ def fit(schema: Schema, out_dir: Path) -> FeatureMap:
         num_images=int(items.height) if items is not None else 0,
         train_rows=int(stat_row["_rows"]),
         positive_rate={lb.name: float(stat_row[f"{lb.name}.rate"]) for lb in schema.labels},
+        label_rules=tuple(lb.rule for lb in schema.labels),
+        cold_entities=tuple(entities),
     )
     fmap.save(out_dir)
     return fmap
@@ -260,16 +309,21 @@ def fit(schema: Schema, out_dir: Path) -> FeatureMap:
 
 def _sparse_expr(state: SparseState, out_dir: Path, lf: pl.LazyFrame, seed: int) -> pl.Expr:
     col = pl.col(state.column)
-    target = pl.element() if state.kind == "multi" else col
+    target = pl.element() if state.kind == "multi" else _filled(state.column, state.fill_null)
     if state.encoding == "identity":
         mapped = target.cast(pl.Int64) + FIRST_ID
+    elif state.encoding == "bucket":
+        value = target.cast(pl.Float64)
+        mapped = pl.sum_horizontal([(value >= e).cast(pl.Int64) for e in state.edges] or [pl.lit(0)]) + FIRST_ID
     else:
         if state.encoding == "vocab":
             assert state.vocab_file is not None, f"vocab feature {state.name} has no vocab file"
             vocab = pl.read_parquet(out_dir / state.vocab_file)
             old, new = vocab["value"], vocab["id"]
         else:
-            sf = SparseFeature(state.name, state.column, state.kind, "hash", buckets=state.buckets)  # type: ignore[arg-type]
+            sf = SparseFeature(
+                state.name, state.column, state.kind, "hash", buckets=state.buckets, fill_null=state.fill_null
+            )  # type: ignore[arg-type]
             uniques = lf.select(_ids_values(sf).unique().alias("value")).collect()["value"]
             old, new = uniques, hash_ids(uniques, state.buckets, seed)
         mapped = target.replace_strict(old=old, new=new, default=OOV_ID, return_dtype=pl.Int64)
@@ -282,13 +336,15 @@ def _sparse_expr(state: SparseState, out_dir: Path, lf: pl.LazyFrame, seed: int)
     return pl.when(empty).then(pl.lit([MISSING_ID], dtype=pl.List(pl.Int64))).otherwise(listed).alias(state.name)
 
 
-def _output_exprs(fmap: FeatureMap, out_dir: Path, lf: pl.LazyFrame, items: pl.DataFrame | None) -> list[pl.Expr]:
+def _output_exprs(
+    fmap: FeatureMap, labels: tuple[Label, ...], out_dir: Path, lf: pl.LazyFrame, items: pl.DataFrame | None
+) -> list[pl.Expr]:
     exprs = [_sparse_expr(s, out_dir, lf, fmap.hash_seed) for s in fmap.sparse]
     exprs += [
         ((_dense_expr(d.column, d.transform, d.fill_null) - d.mean) / d.std).cast(pl.Float32).alias(d.name)
         for d in fmap.dense
     ]
-    exprs += [pl.col(c).cast(pl.Int8).alias(name) for c, name in zip(fmap.label_columns, fmap.label_names, strict=True)]
+    exprs += [label_expr(lb).alias(name) for lb, name in zip(labels, fmap.label_names, strict=True)]
     group = pl.col(fmap.group)
     lf_schema = lf.collect_schema()
     if lf_schema[fmap.group].is_integer():
@@ -311,6 +367,9 @@ def _output_exprs(fmap: FeatureMap, out_dir: Path, lf: pl.LazyFrame, items: pl.D
                 )
             )
         exprs.append((~item.is_in(train_items.implode())).alias("is_cold"))
+    for entity in fmap.cold_entities:
+        seen = pl.read_parquet(out_dir / TRAIN_VALUES / f"{entity}.parquet")[entity]
+        exprs.append((~pl.col(entity).is_in(seen.implode())).alias(f"{COLD_PREFIX}{entity}"))
     exprs += [pl.col(c).alias(f"{SLICE_PREFIX}{c}") for c in fmap.slices]
     taken = {e.meta.output_name() for e in exprs}
     clashes = [c for c in fmap.passthrough if c in taken]
@@ -370,7 +429,7 @@ def transform(
             window = _flagged_scan(path, schema, known, (start, window_rows))
             clean = window.filter(pl.col(REASON_COLUMN).is_null())
             out_path = split_dir / f"part-{i:05d}-{j:04d}.parquet"
-            clean.select(_output_exprs(fmap, out_dir, clean, items)).sink_parquet(
+            clean.select(_output_exprs(fmap, schema.labels, out_dir, clean, items)).sink_parquet(
                 out_path, row_group_size=row_group_size, compression="zstd"
             )
             rows_out += pq.ParquetFile(out_path).metadata.num_rows
@@ -385,6 +444,7 @@ def processed_files(out_dir: str | Path, split: str) -> list[Path]:
     files = sorted((Path(out_dir) / split).glob("part-*.parquet"))
     if not files:
         raise FileNotFoundError(
-            f"{Path(out_dir) / split}: no processed parquet; build features with `ranker features build SCHEMA.yaml`"
+            f"{Path(out_dir) / split}: no processed parquet for split {split!r}; the schema must name that split "
+            "(under files:, or a source: split) and `ranker features build SCHEMA.yaml` must finish"
         )
     return files

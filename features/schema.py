@@ -16,6 +16,27 @@ Example (``configs/schemas/movielens-100k.yaml`` is a complete one)::
     image: {items: items.parquet, array: images.npy}   # or bytes_column: png_bytes
     slices: [country, is_cold]
     bad_rows: quarantine                # or error (default)
+    max_bad_share: 0.01                 # quarantining more than this share of the rows fails the build
+
+Raw tables instead of split files (``source:`` replaces ``files:``; ``features/datasets/movielens-100k.yaml`` is a
+complete one)::
+
+    source:
+      interactions: events/*.parquet    # one row per interaction
+      joins:                            # side tables, many-to-one on a key column of the same name
+        - {table: users.parquet, key: user_id}
+        - {table: items.parquet, key: item_id, how: inner}   # rows without a match are bad rows
+      timestamp: {column: ts, format: "%Y-%m-%d %H:%M:%S"}  # or an integer epoch (unit: s | ms | us) or datetime
+      derive:                           # columns computed from the timestamp
+        - {name: hour, part: hour}
+        - {name: weekday, part: weekday}                    # Monday = 0
+        - {name: item_age, part: age_years, since: release_year}
+      split: {kind: temporal, fractions: [0.8, 0.1, 0.1]}  # or cutoffs: {valid: "2024-03-01", test: "2024-04-01"}
+      # split: {kind: random, fractions: [0.8, 0.1, 0.1], seed: 0, by: user_id}
+      # split: {kind: files, files: {train: train.parquet, valid: valid.parquet, test: test.parquet}}
+    labels:
+      - {name: like, column: rating, threshold: 4}          # rating >= 4
+      - {name: buy, column: event, values: [buy]}           # event in [buy]
 
 Id layout of every sparse feature: 0 = missing (null or empty list; a learned "missing" embedding), 1 = out of
 vocabulary, 2.. = values. Hash encoding: ``2 + blake2b-64(utf8(str(value)), key=hash_seed as 8 little-endian
@@ -37,6 +58,7 @@ MISSING_ID = 0
 OOV_ID = 1
 FIRST_ID = 2
 RESERVED_NAMES = frozenset({"group_id", "item_id", "image_index", "is_cold"})  # processed columns the loader reads
+TIME_PARTS: dict[str, int] = {"hour": 24, "weekday": 7}  # part -> number of values (identity ids)
 
 
 @dataclass(frozen=True)
@@ -46,11 +68,15 @@ class SparseFeature:
     name: str
     column: str
     kind: Literal["single", "multi"] = "single"
-    encoding: Literal["vocab", "hash", "identity"] = "vocab"
+    encoding: Literal["vocab", "hash", "identity", "bucket"] = "vocab"
     min_count: int = 1  # vocab: values seen fewer times in train map to the OOV id
     buckets: int = 0  # hash: table size (ids 2 .. buckets+1)
     num_ids: int = 0  # identity: raw ids must lie in [0, num_ids)
+    edges: tuple[float, ...] = ()  # bucket: id 2 + (number of edges <= value), so len(edges) + 1 buckets
+    quantiles: int = 0  # bucket: instead of edges, this many buckets with edges at train quantiles
     nullable: bool = True  # null -> the missing id; False makes a null bad input
+    fill_null: str | int | float | None = None  # single: nulls take this raw value (declared, so never silent)
+    non_negative: bool = False  # integer ids below 0 are bad input
 
     def __post_init__(self) -> None:
         if self.encoding == "hash" and self.buckets <= 0:
@@ -59,6 +85,17 @@ class SparseFeature:
             raise ValueError(f"sparse feature {self.name!r}: encoding 'identity' needs num_ids > 0")
         if self.min_count < 1:
             raise ValueError(f"sparse feature {self.name!r}: min_count must be >= 1")
+        if self.encoding == "bucket":
+            if (len(self.edges) > 0) == (self.quantiles > 0):
+                raise ValueError(f"sparse feature {self.name!r}: encoding 'bucket' needs edges or quantiles >= 2")
+            if list(self.edges) != sorted(set(self.edges)) or self.quantiles == 1:
+                raise ValueError(f"sparse feature {self.name!r}: edges must increase; quantiles must be >= 2")
+            if self.kind == "multi":
+                raise ValueError(f"sparse feature {self.name!r}: encoding 'bucket' is for single numeric columns")
+        elif self.edges or self.quantiles:
+            raise ValueError(f"sparse feature {self.name!r}: edges/quantiles need encoding 'bucket'")
+        if self.fill_null is not None and self.kind == "multi":
+            raise ValueError(f"sparse feature {self.name!r}: fill_null is for single-id features")
 
 
 @dataclass(frozen=True)
@@ -73,10 +110,29 @@ class DenseFeature:
 
 @dataclass(frozen=True)
 class Label:
-    """A binary label (0/1) for one task."""
+    """A binary label for one task: the column as is (0/1), ``column >= threshold``, or ``column in values``."""
 
     name: str
     column: str
+    threshold: float | None = None
+    values: tuple[str | int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and self.values:
+            raise ValueError(f"label {self.name!r}: give threshold or values, not both")
+
+    @property
+    def derived(self) -> bool:
+        return self.threshold is not None or bool(self.values)
+
+    @property
+    def rule(self) -> str:
+        """The rule as text, e.g. ``rating >= 4``."""
+        if self.threshold is not None:
+            return f"{self.column} >= {self.threshold:g}"
+        if self.values:
+            return f"{self.column} in {list(self.values)}"
+        return f"{self.column} (0/1)"
 
 
 @dataclass(frozen=True)
@@ -95,13 +151,93 @@ class ImageSpec:
 
 
 @dataclass(frozen=True)
+class Join:
+    """A side table joined to the interactions on ``key`` (same column name in both; unique in the side table)."""
+
+    table: str  # a parquet path or glob, relative to the schema file
+    key: str  # (not ``on``: YAML 1.1 reads an unquoted ``on`` key as true)
+    how: Literal["left", "inner"] = "left"  # left: unmatched rows keep nulls (counted); inner: they are bad rows
+
+
+@dataclass(frozen=True)
+class Timestamp:
+    """The interactions' time column: an integer epoch (``unit``), a date/datetime, or a string (``format``)."""
+
+    column: str
+    format: str | None = None  # strptime format, required for string columns
+    unit: Literal["s", "ms", "us"] = "s"
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A column computed from the timestamp (UTC): ``hour`` (0-23), ``weekday`` (Monday = 0), ``age_years``."""
+
+    name: str
+    part: Literal["hour", "weekday", "age_years"]
+    since: str | None = None  # age_years: a column of years; the age is max(0, year of the timestamp - since)
+
+    def __post_init__(self) -> None:
+        if (self.part == "age_years") != (self.since is not None):
+            raise ValueError(f"derived column {self.name!r}: 'since' goes with part 'age_years' (and only there)")
+
+
+@dataclass(frozen=True)
+class Split:
+    """How interactions become train/valid/test.
+
+    ``temporal``: rows sorted by (timestamp, group, item), cut at ``fractions`` or at ``cutoffs`` (the first
+    timestamp of valid and of test). ``random``: a seeded permutation of rows, or of the values of ``by`` (so a
+    user's rows stay together), cut at ``fractions``. ``files``: one interactions file (or glob) per split.
+    """
+
+    kind: Literal["temporal", "random", "files"]
+    fractions: tuple[float, ...] = (0.8, 0.1, 0.1)
+    cutoffs: dict[str, str] = field(default_factory=dict)
+    seed: int = 0
+    by: str | None = None
+    files: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.fractions) != len(SPLITS) or min(self.fractions) <= 0 or abs(sum(self.fractions) - 1) > 1e-9:
+            raise ValueError(f"split fractions {list(self.fractions)}: need 3 positive numbers summing to 1")
+        if self.cutoffs and (self.kind != "temporal" or sorted(self.cutoffs) != ["test", "valid"]):
+            raise ValueError("split cutoffs: a temporal split's {valid: first time, test: first time}")
+        if self.by is not None and self.kind != "random":
+            raise ValueError("split 'by' groups rows of a random split")
+        if (self.kind == "files") != bool(self.files):
+            raise ValueError("split 'files' (train, valid, test) goes with kind 'files' (and only there)")
+        if self.files and sorted(self.files) != sorted(SPLITS):
+            raise ValueError(f"split files must name {list(SPLITS)}; got {sorted(self.files)}")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Raw tables: interactions plus side tables, with the timestamp, derived columns and the split."""
+
+    split: Split
+    interactions: str = ""  # a parquet path or glob; empty with a 'files' split
+    joins: tuple[Join, ...] = ()
+    timestamp: Timestamp | None = None
+    derive: tuple[Derived, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.split.kind == "files") == bool(self.interactions):
+            raise ValueError("source: give 'interactions' (or a split of kind 'files' naming one table per split)")
+        if self.split.kind == "temporal" and self.timestamp is None:
+            raise ValueError("source: a temporal split needs 'timestamp'")
+        if self.derive and self.timestamp is None:
+            raise ValueError("source: derived columns need 'timestamp'")
+
+
+@dataclass(frozen=True)
 class Schema:
     """A data set's columns and their roles; paths are resolved relative to the schema file."""
 
     name: str
-    files: dict[str, str]
     labels: tuple[Label, ...]
     group: str
+    files: dict[str, str] = field(default_factory=dict)
+    source: Source | None = None
     sparse: tuple[SparseFeature, ...] = ()
     dense: tuple[DenseFeature, ...] = ()
     item: str | None = None
@@ -109,6 +245,8 @@ class Schema:
     slices: tuple[str, ...] = ()
     passthrough: tuple[str, ...] = ()  # copied through for analysis, never a feature (e.g. true_p)
     bad_rows: Literal["error", "quarantine"] = "error"
+    max_bad_share: float = 0.01  # a build quarantining a larger share of rows (overall or of a split) fails
+    entities: tuple[str, ...] = ()  # more id columns (besides group and item) whose cold/warm split is reported
     hash_seed: int = 0
     description: str = ""
     base_dir: str = field(default="", compare=False)
@@ -116,8 +254,12 @@ class Schema:
     def __post_init__(self) -> None:
         if not self.labels:
             raise ValueError("at least one label is required")
-        if "train" not in self.files:
+        if (self.source is None) == (not self.files):
+            raise ValueError("give either 'files' (data already split) or 'source' (raw tables), not both")
+        if self.source is None and "train" not in self.files:
             raise ValueError(f"files must name a 'train' split; got {sorted(self.files)}")
+        if not 0 <= self.max_bad_share < 1:
+            raise ValueError(f"max_bad_share {self.max_bad_share} must lie in [0, 1)")
         unknown = sorted(set(self.files) - set(SPLITS))
         if unknown:
             raise ValueError(f"unknown split(s) {unknown} in files; allowed: {list(SPLITS)}")
@@ -137,11 +279,14 @@ class Schema:
         """The input parquet files of ``split`` (a path or a glob), sorted; an error if none match."""
         if split not in self.files:
             raise ValueError(f"schema {self.name!r} has no {split!r} split; it has {sorted(self.files)}")
-        pattern = self.files[split]
-        full = pattern if Path(pattern).is_absolute() else str(Path(self.base_dir) / pattern)
+        return self.matching(self.files[split], f"split {split!r}")
+
+    def matching(self, pattern: str, what: str) -> list[Path]:
+        """The files matching ``pattern`` (a path or a glob, relative to the schema file), sorted; an error if none."""
+        full = str(self.resolve(pattern))
         matches = sorted(Path(p) for p in glob.glob(full))
         if not matches:
-            raise FileNotFoundError(f"split {split!r}: no file matches {full}")
+            raise FileNotFoundError(f"{what}: no file matches {full}")
         return matches
 
     def resolve(self, rel: str) -> Path:
@@ -153,7 +298,12 @@ class Schema:
         """Every raw column the pipeline reads (deduplicated, in declaration order)."""
         cols = [f.column for f in self.sparse] + [f.column for f in self.dense] + [lb.column for lb in self.labels]
         cols += [self.group] + ([self.item] if self.item else []) + list(self.slices) + list(self.passthrough)
-        return list(dict.fromkeys(cols))
+        return list(dict.fromkeys(cols + list(self.entities)))
+
+    @property
+    def cold_entities(self) -> list[str]:
+        """Id columns whose values unseen in training make a row cold: group, item, then the declared entities."""
+        return list(dict.fromkeys([self.group] + ([self.item] if self.item else []) + list(self.entities)))
 
 
 def load_schema(path: str | Path, files: dict[str, str] | None = None) -> Schema:

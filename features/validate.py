@@ -1,20 +1,22 @@
 """Checks of raw input against its schema, with errors that name the file, the column and the problem.
 
-File-level problems (a missing, truncated, empty or non-parquet file, a missing column, a wrong type) always stop
-the run. Row-level problems (nulls where not allowed, NaN/inf in dense features, labels outside {0, 1}, ids out of
-range) are described per row by :func:`row_problem`: the run stops with a count and the first offending row, or,
-when the schema says ``bad_rows: quarantine``, the rows go to a quarantine parquet with their reason.
+File-level problems (a missing, truncated, empty or non-parquet file, repeated column names, a missing column, a
+wrong type) always stop the run. Row-level problems (nulls where not allowed, NaN/inf in dense features and in the
+source columns of derived labels, labels outside {0, 1}, ids out of range or negative) are described per row by
+:func:`row_problem`: the run stops with a count and the first offending row, or, when the schema says
+``bad_rows: quarantine``, the rows go to a quarantine parquet with their reason.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features.schema import Schema
+from features.schema import Label, Schema, SparseFeature
 
 ROW_COLUMN = "_row"
 REASON_COLUMN = "_reason"
@@ -34,8 +36,8 @@ def _kind_ok(dtype: pl.DataType, allowed: str) -> bool:
     return True
 
 
-def check_file(path: Path, schema: Schema) -> pl.Schema:
-    """File-level checks of one raw parquet file; returns its polars schema."""
+def open_parquet(path: Path) -> pl.Schema:
+    """Checks that ``path`` is a readable, non-empty parquet file with unique column names; returns its schema."""
     if not path.exists():
         raise DataError(f"{path}: file not found")
     try:
@@ -44,65 +46,109 @@ def check_file(path: Path, schema: Schema) -> pl.Schema:
         raise DataError(f"{path}: not a readable parquet file (truncated or another format?): {err}") from err
     if meta.num_rows == 0:
         raise DataError(f"{path}: empty file (0 rows)")
-    file_schema = pl.read_parquet_schema(path)
+    names = meta.schema.to_arrow_schema().names
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DataError(f"{path}: column name(s) {repeated} appear more than once; rename them apart")
+    return pl.read_parquet_schema(path)
+
+
+def _sparse_kind(f: SparseFeature) -> str:
+    if f.encoding == "bucket":
+        return "numeric"
+    return "list" if f.kind == "multi" else "id"
+
+
+def _label_kind(lb: Label) -> str:
+    return "id" if lb.values else "numeric"
+
+
+def check_file(path: Path, schema: Schema) -> pl.Schema:
+    """File-level checks of one raw parquet file holding every column of ``schema``; returns its polars schema."""
+    file_schema = open_parquet(path)
     missing = [c for c in schema.feature_columns if c not in file_schema]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; the file has {list(file_schema)}")
+    check_types(path, file_schema, schema)
+    return file_schema
+
+
+def check_types(path: Path, file_schema: pl.Schema, schema: Schema) -> None:
+    """Type checks of the schema's columns that ``file_schema`` (the schema of ``path``) holds."""
     expectations = (
-        [(f.column, "list" if f.kind == "multi" else "id", f"sparse feature {f.name!r}") for f in schema.sparse]
+        [(f.column, _sparse_kind(f), f"sparse feature {f.name!r}") for f in schema.sparse]
         + [(f.column, "numeric", f"dense feature {f.name!r}") for f in schema.dense]
-        + [(lb.column, "numeric", f"label {lb.name!r}") for lb in schema.labels]
+        + [(lb.column, _label_kind(lb), f"label {lb.name!r}") for lb in schema.labels]
         + [(schema.group, "id", "group")]
         + ([(schema.item, "id", "item")] if schema.item else [])
+        + [(e, "id", "entity") for e in schema.entities]
     )
     for column, kind, role in expectations:
+        if column not in file_schema:
+            continue
         dtype = file_schema[column]
         if not _kind_ok(dtype, kind):
             want = {"id": "an integer or string", "numeric": "a number", "list": "a list of integers or strings"}
             raise DataError(f"{path}: column {column!r} ({role}) has type {dtype}; expected {want[kind]}")
     for f in schema.sparse:
-        if f.encoding == "identity":
-            inner = file_schema[f.column].inner if f.kind == "multi" else file_schema[f.column]
-            if not inner.is_integer():
-                raise DataError(f"{path}: column {f.column!r} (identity-encoded {f.name!r}) must hold integers")
-    return file_schema
+        if f.column not in file_schema or not (f.encoding == "identity" or f.non_negative):
+            continue
+        dtype = file_schema[f.column]
+        inner = dtype.inner if isinstance(dtype, pl.List) else dtype
+        if not inner.is_integer():
+            why = "identity-encoded" if f.encoding == "identity" else "non-negative ids of"
+            raise DataError(f"{path}: column {f.column!r} ({why} {f.name!r}) must hold integers")
 
 
-def row_problem(schema: Schema, known_items: pl.Series | None) -> pl.Expr:
-    """An expression giving, per row, the first problem found (a string naming the column) or null."""
+def row_problem(schema: Schema, known_items: pl.Series | None, origin: Mapping[str, str] | None = None) -> pl.Expr:
+    """An expression giving, per row, the first problem found (a string naming the column) or null.
+
+    ``origin`` maps columns that come from a side table to that table's file, which the reason then names.
+    """
+    where = origin or {}
+
+    def name(column: str) -> str:
+        return f"column {column!r}" + (f" of {where[column]}" if column in where else "")
+
     checks: list[tuple[pl.Expr, str]] = []
     for lb in schema.labels:
         col = pl.col(lb.column)
-        checks.append((col.is_null(), f"column {lb.column!r} (label): null"))
-        checks.append(
-            (~col.cast(pl.Float64).is_in([0.0, 1.0]), f"column {lb.column!r} (label): value outside {{0, 1}}")
-        )
+        checks.append((col.is_null(), f"{name(lb.column)} (label {lb.name!r}): null"))
+        if lb.threshold is not None:
+            checks.append((col.cast(pl.Float64).is_nan(), f"{name(lb.column)} (label {lb.name!r}): NaN"))
+            checks.append((col.cast(pl.Float64).is_infinite(), f"{name(lb.column)} (label {lb.name!r}): inf"))
+        elif not lb.values:
+            outside = ~col.cast(pl.Float64).is_in([0.0, 1.0])
+            checks.append((outside, f"{name(lb.column)} (label): value outside {{0, 1}}"))
+    # Ids before values: a bad id (say negative, so unmatched in a side table) is the cause to report.
+    checks.append((pl.col(schema.group).is_null(), f"{name(schema.group)} (group): null"))
+    if schema.item:
+        item = pl.col(schema.item)
+        checks.append((item.is_null(), f"{name(schema.item)} (item): null"))
+        if known_items is not None:
+            checks.append((~item.is_in(known_items.implode()), f"{name(schema.item)} (item): id not in items table"))
+    for f in schema.sparse:
+        col = pl.col(f.column)
+        if not f.nullable and f.fill_null is None:
+            checks.append((col.is_null(), f"{name(f.column)} (sparse): null"))
+        lowest, highest = (col.list.min(), col.list.max()) if f.kind == "multi" else (col, col)
+        if f.non_negative:
+            checks.append(((lowest < 0).fill_null(False), f"{name(f.column)} (sparse): negative id"))
+        if f.encoding == "identity":
+            bad = (lowest < 0) | (highest >= f.num_ids)
+            checks.append((bad.fill_null(False), f"{name(f.column)} (sparse): id outside [0, {f.num_ids})"))
+        if f.encoding == "bucket":
+            checks.append((col.cast(pl.Float64).is_nan(), f"{name(f.column)} (sparse, bucket): NaN"))
     for f in schema.dense:
         col = pl.col(f.column).cast(pl.Float64)
         if f.fill_null is None:
-            checks.append((col.is_null(), f"column {f.column!r} (dense): null"))
+            checks.append((col.is_null(), f"{name(f.column)} (dense): null"))
         else:
             col = col.fill_null(f.fill_null)
-        checks.append((col.is_nan(), f"column {f.column!r} (dense): NaN"))
-        checks.append((col.is_infinite(), f"column {f.column!r} (dense): inf"))
+        checks.append((col.is_nan(), f"{name(f.column)} (dense): NaN"))
+        checks.append((col.is_infinite(), f"{name(f.column)} (dense): inf"))
         if f.transform == "log1p":
-            checks.append((col <= -1.0, f"column {f.column!r} (dense, log1p): value <= -1"))
-    for f in schema.sparse:
-        col = pl.col(f.column)
-        if not f.nullable:
-            checks.append((col.is_null(), f"column {f.column!r} (sparse): null"))
-        if f.encoding == "identity":
-            if f.kind == "multi":
-                bad = (col.list.min() < 0) | (col.list.max() >= f.num_ids)
-            else:
-                bad = (col < 0) | (col >= f.num_ids)
-            checks.append((bad.fill_null(False), f"column {f.column!r} (sparse): id outside [0, {f.num_ids})"))
-    checks.append((pl.col(schema.group).is_null(), f"column {schema.group!r} (group): null"))
-    if schema.item:
-        item = pl.col(schema.item)
-        checks.append((item.is_null(), f"column {schema.item!r} (item): null"))
-        if known_items is not None:
-            checks.append((~item.is_in(known_items.implode()), f"column {schema.item!r} (item): id not in items table"))
+            checks.append((col <= -1.0, f"{name(f.column)} (dense, log1p): value <= -1"))
     expr = pl.lit(None, dtype=pl.String)
     for cond, reason in reversed(checks):
         expr = pl.when(cond.fill_null(False)).then(pl.lit(reason)).otherwise(expr)

@@ -63,21 +63,36 @@ def _cmd_features_build(args: argparse.Namespace) -> int:
     out = _features_out(args)
     manifest = build_features(args.schema, out, row_group_size=args.row_group_size, force=args.force)
     results = manifest["results"]
-    for split, rep in results["splits"].items():
+    source = results.get("source")
+    reports = ({"source": source} if source else {}) | results["splits"]
+    for split, rep in reports.items():
         counts = f"in {rep['rows_in']:>10,}  out {rep['rows_out']:>10,}  quarantined {rep['rows_quarantined']:,}"
         print(f"{split:6s} rows {counts}")
         for reason, count in rep["reasons"].items():
             print(f"         {count:,} x {reason}")
+    for join in (source or {}).get("joins", []):
+        print(f"join   {join['table']} on {join['key']} ({join['how']}): {join['rows_unmatched']:,} row(s) unmatched")
+    if results["rows_quarantined"]:
+        print(f"quarantined {results['rows_quarantined']:,} row(s) in total: {out / 'quarantine'}")
     print(f"features: {out} ({manifest['seconds']} s)")
     return 0
 
 
-def _cmd_features_fit(args: argparse.Namespace) -> int:
-    from features.processor import fit
+def _split_schema(path: Path) -> Any:
+    """The schema at ``path``, which must be in the files: form (a source: schema is staged by the build)."""
     from features.schema import load_schema
 
+    schema = load_schema(path)
+    if schema.source is not None:
+        raise ValueError(f"{path}: a source: schema is joined and split by `ranker features build`, not fit/transform")
+    return schema
+
+
+def _cmd_features_fit(args: argparse.Namespace) -> int:
+    from features.processor import fit
+
     out = _features_out(args)
-    fmap = fit(load_schema(args.schema), out)
+    fmap = fit(_split_schema(args.schema), out)
     print(f"feature map: {out / 'feature_map.json'} ({fmap.train_rows:,} train rows)")
     return 0
 
@@ -86,9 +101,8 @@ def _cmd_features_transform(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from features.processor import transform
-    from features.schema import load_schema
 
-    schema = load_schema(args.schema)
+    schema = _split_schema(args.schema)
     out = _features_out(args)
     for split in args.split or [s for s in ("train", "valid", "test") if s in schema.files]:
         _print_json(asdict(transform(schema, out, split, row_group_size=args.row_group_size)))
@@ -130,6 +144,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     res = manifest["results"]
     for task, values in res["overall"].items():
         print(f"{task}: " + "  ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float)))
+    shares = json.loads(Path(res["metrics_json"]).read_text())["data"].get("cold_share", {})
+    if shares:
+        print("cold rows (unseen in training): " + ", ".join(f"{e} {100 * v:.1f}%" for e, v in shares.items()))
     print(f"predictions: {res['predictions']}\nmetrics:     {res['metrics_json']}\nreport:      {res['report']}")
     return 0
 

@@ -2,7 +2,8 @@
 
 Scoring streams the processed parquet row group by row group (bounded memory) and writes one predictions row per
 input row, in input order: ``group_id``, ``item_id``, ``label_<task>``, ``score_<task>``, ``is_cold`` (when the data
-has items) and the schema's slice columns. Metrics, ``summary.md`` and ``report.html`` come from the predictions
+has items), ``is_cold_<entity>`` per cold entity of the feature map (group, item, declared entities) and the
+schema's slice columns. Metrics, ``summary.md`` and ``report.html`` come from the predictions
 alone (``pipelines.metrics``, ``pipelines.report``).
 """
 
@@ -20,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from features.loader import BatchBuilder
-from features.processor import FEATURE_MAP, SLICE_PREFIX, FeatureMap, processed_files
+from features.processor import COLD_PREFIX, FEATURE_MAP, SLICE_PREFIX, FeatureMap, processed_files
 from pipelines import metrics as M
 from pipelines import steps
 from pipelines.report import run_evaluation
@@ -44,6 +45,7 @@ def score_split(export_dir: Path, features_dir: Path, split: str, out_path: Path
     available = pq.ParquetFile(files[0]).schema_arrow.names
     builder = BatchBuilder(fmap, available)
     slices = [f"{SLICE_PREFIX}{c}" for c in fmap.slices if f"{SLICE_PREFIX}{c}" in available]
+    cold = [f"{COLD_PREFIX}{e}" for e in fmap.cold_entities if f"{COLD_PREFIX}{e}" in available]
     writer: pq.ParquetWriter | None = None
     rows = 0
     total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
@@ -51,7 +53,7 @@ def score_split(export_dir: Path, features_dir: Path, split: str, out_path: Path
         for path in files:
             source = pq.ParquetFile(path)
             for group in range(source.metadata.num_row_groups):
-                table = source.read_row_group(group, columns=builder.columns + slices)
+                table = source.read_row_group(group, columns=builder.columns + slices + cold)
                 for lo in range(0, table.num_rows, batch_size):
                     part = table.slice(lo, batch_size)
                     batch = builder(part)
@@ -64,6 +66,8 @@ def score_split(export_dir: Path, features_dir: Path, split: str, out_path: Path
                         columns["is_cold"] = batch.is_cold.numpy()
                     for name in slices:
                         columns[name.removeprefix(SLICE_PREFIX)] = part.column(name)
+                    for name in cold:
+                        columns[name] = part.column(name)
                     out = pa.table(columns)
                     if writer is None:
                         writer = pq.ParquetWriter(out_path, out.schema, compression="zstd")

@@ -5,9 +5,11 @@ Input is the predictions parquet written by the scoring step (one row per impres
 * ``group_id`` (int64): user or request id, the unit of GAUC/NDCG/Recall and of bootstrap resampling;
 * ``item_id`` (int64);
 * per task ``t``: ``label_<t>`` (0/1) and ``score_<t>`` (probability);
-* optional ``weight`` (float, default 1), optional ``is_cold`` (bool), optional slice columns.
+* optional ``weight`` (float, default 1), optional ``is_cold`` (bool: item unseen in training), optional
+  ``is_cold_<entity>`` (bool: the row's user, item or other entity unseen in training), optional slice columns.
 
-Metrics per task and scope (overall, each value of each slice column, cold and warm):
+Metrics per task and scope (overall, each value of each slice column, cold and warm items, cold and warm rows of
+each entity):
 
 * ``auc``: exact weighted ROC AUC; tied scores count one half (average ranks).
 * ``logloss``: weighted mean binary cross entropy (natural log), scores clipped to ``[eps, 1 - eps]``.
@@ -51,6 +53,7 @@ GROUP_COLUMN = "group_id"
 ITEM_COLUMN = "item_id"
 WEIGHT_COLUMN = "weight"
 COLD_COLUMN = "is_cold"
+ENTITY_COLD_PREFIX = "is_cold_"
 NULL_SLICE_KEY = "__null__"
 
 # Reasons given when a metric is undefined; stable strings that a gate may match on.
@@ -369,6 +372,7 @@ class _Columns:
     scores: list[dict[str, np.ndarray]]  # model -> task -> score
     slices: dict[str, tuple[np.ndarray, list[Any]]]  # column -> (codes, values in code order; None = null)
     is_cold: np.ndarray | None
+    cold_by: dict[str, np.ndarray]  # entity -> bool per row (value unseen in training)
 
 
 def _schema(source: PredictionsSource) -> list[str]:
@@ -446,6 +450,7 @@ def _load(
     if not tasks:
         raise ValueError(f"no tasks: need label_<t> and {prefix_a}<t> columns, got {names}")
     optional = [c for c in (WEIGHT_COLUMN, COLD_COLUMN) if c in names]
+    optional += [c for c in names if c.startswith(ENTITY_COLD_PREFIX)]
     base = [GROUP_COLUMN, *optional, *slice_columns, *(LABEL_PREFIX + t for t in tasks)]
     same_source = all(src is first for src, _ in sources)
     score_cols = [[f"{prefix}{t}" for t in tasks] for _, prefix in sources]
@@ -493,6 +498,11 @@ def _load(
         scores=scores,
         slices={c: _slice_codes(df.get_column(c)) for c in slice_columns},
         is_cold=_numeric(df, COLD_COLUMN, bool) if COLD_COLUMN in optional else None,
+        cold_by={
+            c.removeprefix(ENTITY_COLD_PREFIX): _numeric(df, c, bool)
+            for c in optional
+            if c.startswith(ENTITY_COLD_PREFIX)
+        },
     )
     return columns, tasks
 
@@ -749,7 +759,8 @@ def _all_scopes(
     format_task: Any,
     curves: bool,
 ) -> dict[str, Any]:
-    """``overall``, ``slices`` and ``cold_warm`` sections, each scope formatted by ``format_task(_RawTask)``."""
+    """``overall``, ``slices``, ``cold_warm`` and ``cold_warm_by_entity`` sections, each scope formatted by
+    ``format_task(_RawTask)``."""
 
     def scope(rows: np.ndarray | None, key: str, sized: bool, with_curves: bool) -> dict[str, Any]:
         header, raw = _evaluate_scope(cols, tasks, rows, key, cfg, sized, with_curves)
@@ -762,13 +773,19 @@ def _all_scopes(
         }
         for column, (codes, values) in cols.slices.items()
     }
-    cold_warm = None
-    if cols.is_cold is not None:
-        cold_warm = {
-            name: scope(np.flatnonzero(cols.is_cold == is_cold), f"cold_warm/{name}", True, curves)
+
+    def cold_warm(flags: np.ndarray, key: str, with_curves: bool) -> dict[str, Any]:
+        return {
+            name: scope(np.flatnonzero(flags == is_cold), f"{key}/{name}", True, with_curves)
             for name, is_cold in (("cold", True), ("warm", False))
         }
-    return {"overall": scope(None, "overall", False, curves), "slices": slices, "cold_warm": cold_warm}
+
+    return {
+        "overall": scope(None, "overall", False, curves),
+        "slices": slices,
+        "cold_warm": None if cols.is_cold is None else cold_warm(cols.is_cold, "cold_warm", curves),
+        "cold_warm_by_entity": {e: cold_warm(f, f"cold_warm/{e}", False) for e, f in cols.cold_by.items()},
+    }
 
 
 def _header(kind: str, cfg: EvalConfig, cols: _Columns, tasks: Sequence[str], sources: list[Any]) -> dict[str, Any]:
@@ -784,6 +801,10 @@ def _header(kind: str, cfg: EvalConfig, cols: _Columns, tasks: Sequence[str], so
             "slice_columns": list(cols.slices),
             "weighted": cols.weights is not None,
             "has_is_cold": cols.is_cold is not None,
+            "cold_entities": list(cols.cold_by),
+            # Share of rows whose entity (item for is_cold) was not seen in training.
+            "cold_share": ({"item": float(cols.is_cold.mean())} if cols.is_cold is not None else {})
+            | {e: float(f.mean()) for e, f in cols.cold_by.items()},
         },
     }
 
@@ -806,8 +827,8 @@ def evaluate(
         score_prefix: prefix of the score columns.
 
     Returns:
-        ``{"schema_version", "kind": "evaluation", "config", "data", "overall", "slices", "cold_warm"}``; see
-        ``docs/evaluation.md`` for the full layout.
+        ``{"schema_version", "kind": "evaluation", "config", "data", "overall", "slices", "cold_warm",
+        "cold_warm_by_entity"}``; see ``docs/evaluation.md`` for the full layout.
     """
     cfg = config or EvalConfig()
     cols, task_names = _load([(predictions, score_prefix)], tasks, slice_columns)
@@ -876,10 +897,10 @@ def compare(
 
     Returns:
         ``{"schema_version", "kind": "comparison", "config", "data", "models", "directions", "overall", "slices",
-        "cold_warm"}``. Each task of a scope holds ``metrics[name] = {"a", "b", "delta", "ci_low", "ci_high",
-        "prob_delta_positive", "verdict", "reason"}``: delta = B - A, its percentile interval from the same
-        resampled groups for both models, the share of replicates where B - A > 0, and ``verdict`` (see
-        ``verdict``).
+        "cold_warm", "cold_warm_by_entity"}``. Each task of a scope holds ``metrics[name] = {"a", "b", "delta",
+        "ci_low", "ci_high", "prob_delta_positive", "verdict", "reason"}``: delta = B - A, its percentile interval
+        from the same resampled groups for both models, the share of replicates where B - A > 0, and ``verdict``
+        (see ``verdict``).
     """
     cfg = config or EvalConfig()
     source_b = predictions_a if predictions_b is None else predictions_b
@@ -969,6 +990,9 @@ def summary_markdown(result: dict[str, Any], slice_metrics: Sequence[str] = ("au
         f"{data['n_rows']} rows, {data['n_groups']} groups, tasks {', '.join(data['tasks'])}; "
         f"{cfg['n_bootstrap']} bootstrap replicates over groups, seed {cfg['seed']}.",
     ]
+    if data.get("cold_share"):
+        shares = ", ".join(f"{name} {100 * share:.1f}%" for name, share in data["cold_share"].items())
+        lines += ["", f"Cold rows (their value was not seen in training), share of all rows: {shares}."]
     for task in data["tasks"]:
         entry = result["overall"]["tasks"][task]
         counts = entry["counts"]
@@ -991,6 +1015,7 @@ def summary_markdown(result: dict[str, Any], slice_metrics: Sequence[str] = ("au
         sections = [(f"slice `{col}`", scopes) for col, scopes in result["slices"].items()]
         if result["cold_warm"] is not None:
             sections.append(("cold vs warm items", result["cold_warm"]))
+        sections += [(f"cold vs warm `{e}`", scopes) for e, scopes in result.get("cold_warm_by_entity", {}).items()]
         for title, scopes in sections:
             for metric in slice_metrics:
                 lines += ["", f"### {title}: {metric}", "", f"| value | rows | positives | {value_head} |"]

@@ -432,9 +432,14 @@ def _scope_sections(result: Mapping[str, Any], key: str = "value") -> list[str]:
     for column, scopes in result["slices"].items():
         note = f"Slices under {result['config']['min_slice_size']:,} rows get counts only."
         sections.append(_scope_section(f"Slice <code>{_e(column)}</code>", note, scopes, overall, tasks, key))
+    shares = result["data"].get("cold_share", {})
     if result.get("cold_warm"):
-        note = "Cold items were not seen in training."
+        note = f"Cold items were not seen in training: {100 * shares.get('item', 0):.1f}% of the rows."
         sections.append(_scope_section("Cold vs warm items", note, result["cold_warm"], overall, tasks, key))
+    for entity, scopes in result.get("cold_warm_by_entity", {}).items():
+        note = f"Cold rows have a {entity} not seen in training: {100 * shares.get(entity, 0):.1f}% of the rows."
+        title = f"Cold vs warm <code>{_e(entity)}</code>"
+        sections.append(_scope_section(title, note, scopes, overall, tasks, key))
     return sections
 
 

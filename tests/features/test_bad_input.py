@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from PIL import Image
@@ -15,6 +18,7 @@ from features.processor import fit, processed_files, transform
 from features.schema import load_schema
 from features.strict_yaml import ConfigError
 from features.validate import DataError
+from pipelines.build_features import build_features
 
 pytestmark = pytest.mark.unit
 
@@ -90,6 +94,32 @@ def test_unreadable_file(tiny_data, tmp_path: Path, content: bytes | None) -> No
     with pytest.raises(DataError, match="not a readable parquet file") as err:
         fit(load_schema(schema_path), tmp_path / "feat")
     assert str(path) in str(err.value)
+
+
+def test_duplicate_column_names(tiny_data, tmp_path: Path) -> None:
+    schema_path = tiny_data()
+    path = schema_path.parent / "train.parquet"
+    table = pq.read_table(path)
+    pq.write_table(pa.Table.from_arrays([*table.columns, table.column("age")], [*table.column_names, "age"]), path)
+    with pytest.raises(DataError) as err:
+        fit(load_schema(schema_path), tmp_path / "feat")
+    assert f"{path}: column name(s) ['age'] appear more than once" in str(err.value)
+
+
+def test_failed_rebuild_keeps_the_finished_build(tiny_data, tmp_path: Path) -> None:
+    schema_path = tiny_data()
+    out = tmp_path / "feat"
+    first = build_features(schema_path, out, progress=False)
+    written = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    # A bad test split fails late: after the fit and the train split were written.
+    test = schema_path.parent / "test.parquet"
+    pl.read_parquet(test).with_columns(_first_rows(None).otherwise(pl.col("user")).alias("user")).write_parquet(test)
+    with pytest.raises(DataError, match="test.parquet"):
+        build_features(schema_path, out, progress=False)
+    # The earlier, complete build is untouched and no half-written folder is left beside it.
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == written
+    assert json.loads((out / "manifest.json").read_text())["finished_at"] == first["finished_at"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["feat", "raw"]
 
 
 def test_missing_file(tiny_data, tmp_path: Path) -> None:

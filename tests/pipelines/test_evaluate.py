@@ -86,7 +86,18 @@ def test_predictions_and_metrics(exported, tmp_path: Path) -> None:
         want = roc_auc_score(preds[f"label_{task}"], preds[f"score_{task}"])
         assert metrics["overall"]["tasks"][task]["metrics"]["auc"]["value"] == pytest.approx(want, abs=1e-12)
     assert set(metrics["slices"]["country"]) == {"DE", "FR"}
-    assert "<img" in (tmp_path / "eval" / "report.html").read_text()
+    # Cold users and items: a user or item of the test split unseen in the train split (a naive set lookup).
+    train = pl.read_parquet(processed_files(features, "train"))
+    for entity, column in (("user", "group_id"), ("item", "item_id")):
+        seen = set(train[column].to_list())
+        assert preds[f"is_cold_{entity}"].to_list() == [v not in seen for v in preds[column].to_list()]
+    shares = metrics["data"]["cold_share"]
+    assert shares["user"] == pytest.approx(preds["is_cold_user"].mean()) and set(metrics["cold_warm_by_entity"]) == {
+        "user", "item"
+    }  # fmt: skip
+    report = (tmp_path / "eval" / "report.html").read_text()
+    assert "<img" in report and f"{100 * shares['user']:.1f}% of the rows" in report
+    assert "Cold vs warm <code>user</code>" in report
     again = evaluate_model(export_dir, features, tmp_path / "eval", eval_config=EvalConfig(n_bootstrap=20))
     assert again["finished_at"] == manifest["finished_at"], "an unchanged evaluation is skipped"
 

@@ -324,6 +324,31 @@ def test_empty_cold_scope_and_missing_optional_columns() -> None:
     assert M.evaluate(df.drop("is_cold"), config=FAST)["cold_warm"] is None
 
 
+def test_cold_users_and_other_entities() -> None:
+    """is_cold_<entity> columns give cold/warm scopes equal to evaluating the filtered rows, and the cold share."""
+    df = synthetic_predictions().with_columns(
+        (pl.col("group_id") % 3 == 0).alias("is_cold_user_id"), (pl.col("item_id") % 5 == 0).alias("is_cold_seller")
+    )
+    cfg = M.EvalConfig(n_bootstrap=0, ks=(3,), min_slice_size=10)
+    result = M.evaluate(df, config=cfg)
+    assert list(result["cold_warm_by_entity"]) == ["user_id", "seller"]
+    assert result["data"]["cold_entities"] == ["user_id", "seller"]
+    users = df["group_id"].to_numpy()
+    assert result["data"]["cold_share"]["user_id"] == pytest.approx(np.mean(users % 3 == 0), abs=1e-12)
+    assert result["data"]["cold_share"]["item"] == pytest.approx(df["is_cold"].mean(), abs=1e-12)
+    for name, mask in (("cold", users % 3 == 0), ("warm", users % 3 != 0)):
+        sub = df.filter(pl.Series(mask))
+        scope = result["cold_warm_by_entity"]["user_id"][name]
+        assert scope["n_rows"] == sub.height
+        y, s, w = (sub[c].to_numpy() for c in ("label_click", "score_click", "weight"))
+        auc = scope["tasks"]["click"]["metrics"]["auc"]["value"]
+        assert auc == pytest.approx(roc_auc_score(y, s, sample_weight=w), rel=1e-12)
+    summary = M.summary_markdown(result)
+    share = 100 * np.mean(users % 3 == 0)
+    assert f"user_id {share:.1f}%" in summary and "cold vs warm `user_id`" in summary
+    assert M.evaluate(df.drop("is_cold_user_id", "is_cold_seller"), config=cfg)["cold_warm_by_entity"] == {}
+
+
 def test_bootstrap_replicate_equals_metrics_of_resampled_groups() -> None:
     """A replicate is the metric of the data rebuilt from the drawn groups (each copy a new group)."""
     df = synthetic_predictions(n_rows=600, n_groups=40, tasks=("click",))
@@ -446,7 +471,9 @@ def test_write_results_json_keys_and_markdown(tmp_path: Path) -> None:
     paths = M.write_results(result, tmp_path / "out")
     loaded = json.loads(paths["json"].read_text())
     assert loaded["schema_version"] == M.SCHEMA_VERSION and loaded["kind"] == "evaluation"
-    assert set(loaded) == {"schema_version", "kind", "config", "data", "overall", "slices", "cold_warm"}
+    # Keys are only ever added (cold_warm_by_entity came with cold users), so existing readers keep working.
+    assert set(loaded) == {"schema_version", "kind", "config", "data", "overall", "slices", "cold_warm",
+                           "cold_warm_by_entity"}  # fmt: skip
     assert loaded["data"]["tasks"] == ["click", "like"] and loaded["data"]["sources"] == [str(path)]
     task = loaded["overall"]["tasks"]["click"]
     assert set(task) == {"counts", "metrics", "roc", "reliability"}
