@@ -7,6 +7,7 @@ Typical session::
     ranker features build data/raw/movielens-100k/schema.yaml   # -> data/features/movielens-100k
     ranker train --config configs/train/movielens-hiformer.yaml --nproc 2
     ranker evaluate --model runs/movielens-hiformer/export --features data/features/movielens-100k
+    ranker compress --model runs/movielens-hiformer/export --config configs/compress/hiformer.yaml --out runs/m-c
     ranker demo                                 # the whole default job (what `make demo` runs)
 
 Every step writes an output directory with a ``manifest.json`` and is skipped when its inputs have not changed
@@ -151,6 +152,24 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from pipelines.compress import compress_export, load_compress_config
+
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    cfg = load_compress_config(args.config, {k: _yaml_value(v) for k, v in overrides.items()})
+    manifest = compress_export(args.model, cfg, args.out, force=args.force)
+    res = manifest["results"]
+    print(f"compressed: {args.out} ({res['parameters']:,} parameters, model.pt {res['model_bytes']:,} bytes)")
+    _print_json(res["applied"])
+    return 0
+
+
+def _yaml_value(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
 def _cmd_pretrain_tower(args: argparse.Namespace) -> int:
     import torch
 
@@ -247,6 +266,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--force", action="store_true", help="re-run even if the output is up to date")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "compress",
+        help="compress an export (prune, low-rank, fine-tune, bf16) into a new export with a served artefact",
+    )
+    p.add_argument("--model", type=Path, required=True, help="export folder of a training run (RUN/export)")
+    p.add_argument("--config", type=Path, required=True, help="compression config YAML (see configs/compress/)")
+    p.add_argument("--out", type=Path, required=True, help="output export folder")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--force", action="store_true", help="re-run even if the output is up to date")
+    p.set_defaults(func=_cmd_compress)
 
     p = sub.add_parser(
         "pretrain-tower",

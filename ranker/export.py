@@ -9,6 +9,8 @@ Layout of an export directory::
     items.parquet       item id -> image row, when the model has a vision tower
     images.npy          item photos, for a fine-tuned tower (it runs at serving time)
     item_embeddings.npy the catalogue embeddings of a frozen tower (the export holds neither photos nor tower)
+    compression.json    what `ranker compress` applied (its dense dtype is applied on load), compressed exports only
+    serve/              the served artefact (ranker.serving): model.pt2 (+ model_aoti.pt2) and serving.json
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from features.images import IMAGES, ITEMS
 from features.processor import FEATURE_MAP, TRAIN_ITEMS, FeatureMap
 from features.strict_yaml import from_dict, to_dict
 from ranker.build import ModelConfig, build_ranker, replace_pretrained
+from ranker.compress import apply_dense_dtype, read_dense_dtype
 from ranker.model import Ranker, RankerTrain
 
 MODEL_FILE = "model.pt"
@@ -85,6 +88,9 @@ def load_exported(export_dir: str | Path) -> Ranker:
     elif cfg.vision is not None:
         images = np.asarray(np.load(export_dir / IMAGES, mmap_mode="r"))
     model = build_ranker(fmap, cfg, images, item_embeddings=embeddings)
+    dense_dtype = read_dense_dtype(export_dir)  # compression.json of `ranker compress`, if any
+    if dense_dtype != "float32":
+        apply_dense_dtype(model, dense_dtype)
     state = torch.load(export_dir / MODEL_FILE, map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
     return model.eval()

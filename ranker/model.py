@@ -213,6 +213,8 @@ class Ranker(nn.Module):
         super().__init__()
         self.sparse_arch, self.dense_arch, self.vision_arch = sparse_arch, dense_arch, vision_arch
         self.interaction, self.heads = interaction, heads
+        # Interaction and heads compute in this dtype (bf16 after `ranker compress --dense-dtype`); logits are fp32.
+        self.dense_dtype = torch.float32
 
     def tokens(self, batch: RankBatch) -> torch.Tensor:
         """``B x T x D`` interaction input."""
@@ -226,7 +228,13 @@ class Ranker(nn.Module):
 
     def forward(self, batch: RankBatch) -> torch.Tensor:
         """Returns ``B x K`` logits."""
-        return self.heads(self.interaction(self.tokens(batch)))
+        return self.score_tokens(self.tokens(batch))
+
+    def score_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``B x T x D`` tokens -> ``B x K`` fp32 logits (interaction and heads in ``dense_dtype``)."""
+        if self.dense_dtype != torch.float32:
+            return self.heads(self.interaction(tokens.to(self.dense_dtype))).float()
+        return self.heads(self.interaction(tokens))
 
 
 class RankerTrain(nn.Module):

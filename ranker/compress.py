@@ -1,0 +1,286 @@
+"""Post-training compression of an exported ranker: every result is again an export (``ranker.export``).
+
+Techniques (each an option of :class:`CompressConfig`, applied in this order):
+
+- ``prune_last``: the last attention layer of a model trained without ``prune_last`` is rebuilt to update the task
+  tokens only. Exact: the task-token outputs of the unpruned layer are computed from the same weights (the
+  trailing K token slices of every per-token weight, the trailing K·out_dim rows of a composite query).
+- ``low_rank``: truncated SVD of every Hiformer composite projection (``CompositeLinear``, full or already
+  factorised) to a rank chosen by an energy threshold or given as a budget; one rank per kind (keys [and composite
+  queries] share ``rank_k``, values ``rank_v``, as in ``ModelConfig``), the largest any layer needs. Exact up to
+  float rounding at the projection's current rank.
+- ``finetune``: a short, single-process, deterministic fine-tune of the compressed model on the training split
+  with the model's own loss (``RankerTrain``), Adam on all weights.
+- ``dense_dtype: bfloat16``: the interaction and the heads hold and compute in bf16 (embeddings stay fp32; the
+  attention softmax stays fp32, see ``ranker.interactions.attention.attend``). Recorded in the export's
+  ``compression.json``, which :func:`ranker.export.load_exported` applies.
+
+The low-rank and pruning changes are plain ``ModelConfig`` changes (``rank_k``, ``rank_v``, ``prune_last``), so
+the output folder loads, evaluates and serves like any export.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from ranker.build import ModelConfig
+from ranker.interactions.attention import AttentionInteraction, CompositeLinear
+from ranker.model import Ranker
+
+COMPRESSION_FILE = "compression.json"  # what was applied; read by load_exported (dense dtype)
+DENSE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class LowRankConfig:
+    """Rank choice for the truncated SVD: ``energy`` (keep the smallest rank holding this share of the squared
+    singular values) unless ``rank_k`` / ``rank_v`` give the ranks outright (a budget)."""
+
+    energy: float = 0.99
+    rank_k: int | None = None
+    rank_v: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.energy <= 1.0:
+            raise ValueError(f"low_rank.energy must be in (0, 1], got {self.energy}")
+        for name in ("rank_k", "rank_v"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"low_rank.{name} must be >= 1, got {value}")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """A short fine-tune on the training split of ``features`` (the model's feature folder)."""
+
+    features: str
+    steps: int = 200
+    batch_size: int = 256
+    lr: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("finetune: steps must be >= 0, batch_size >= 1 and lr > 0")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The served artefact written beside the weights (``ranker.serving``)."""
+
+    program: bool = True  # serve/model.pt2: torch.export program over plain tensors, loads with torch alone
+    aoti: bool = False  # serve/model_aoti.pt2: AOTInductor package for *this* CPU type (needs a C++ compiler)
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """``ranker compress --config compress.yaml``: unknown keys are rejected."""
+
+    prune_last: bool = False
+    low_rank: LowRankConfig | None = None
+    finetune: FinetuneConfig | None = None
+    dense_dtype: str = "float32"
+    serve: ServeConfig = ServeConfig()
+
+    def __post_init__(self) -> None:
+        if self.dense_dtype not in DENSE_DTYPES:
+            raise ValueError(f"dense_dtype must be one of {sorted(DENSE_DTYPES)}, got {self.dense_dtype!r}")
+
+
+def _attention(model: Ranker) -> AttentionInteraction | None:
+    return model.interaction if isinstance(model.interaction, AttentionInteraction) else None
+
+
+def prune_last_layer(model: Ranker, cfg: ModelConfig, build: Any) -> tuple[Ranker, ModelConfig]:
+    """The model with its last attention layer pruned to the task tokens (exact).
+
+    ``build(cfg) -> Ranker`` builds an uninitialised model of a config (weights are all copied over).
+    """
+    attention = _attention(model)
+    if attention is None:
+        raise ValueError(f"prune_last: {cfg.interaction!r} has no attention layers to prune")
+    last = attention.layers[-1]
+    if last.query.out_tokens == attention.num_tasks:
+        raise ValueError("prune_last: the last layer is already pruned to the task tokens")
+    kwargs = cfg.chosen_kwargs() | {"prune_last": True}
+    new_cfg = replace(cfg, interaction_kwargs={**cfg.interaction_kwargs, cfg.interaction: kwargs})
+    pruned = build(new_cfg)
+    old_state = model.state_dict()
+    state = {}
+    for name, target in pruned.state_dict().items():
+        source = old_state[name]
+        if source.shape != target.shape:
+            # Per-token weights (Q x in x out, Q x out) and composite rows (Q·out x r) are token-major: the
+            # pruned layer keeps the trailing (task) tokens' slices along the first dimension.
+            if source.shape[1:] != target.shape[1:] or target.shape[0] > source.shape[0]:
+                raise ValueError(f"prune_last: cannot map {name} {tuple(source.shape)} -> {tuple(target.shape)}")
+            source = source[source.shape[0] - target.shape[0] :]
+        state[name] = source.clone()
+    pruned.load_state_dict(state, strict=True)
+    return pruned.eval(), new_cfg
+
+
+def _matrix(proj: CompositeLinear) -> torch.Tensor:
+    """The effective ``(Q·out) x (S·in)`` matrix of a composite projection, in float64."""
+    if isinstance(proj.proj, nn.Linear):
+        return proj.proj.weight.detach().double()
+    first, second = proj.proj[0], proj.proj[1]  # type: ignore[index]
+    return second.weight.detach().double() @ first.weight.detach().double()
+
+
+def _energy_rank(singular: torch.Tensor, energy: float) -> int:
+    share = (singular**2).cumsum(0) / (singular**2).sum().clamp(min=1e-300)
+    return int(min(int((share < energy - 1e-12).sum().item()) + 1, singular.numel()))
+
+
+def _current_rank(proj: CompositeLinear) -> int:
+    matrix_rows, matrix_cols = _matrix(proj).shape
+    return proj.rank if proj.rank is not None else min(matrix_rows, matrix_cols)
+
+
+def low_rank(model: Ranker, cfg: ModelConfig, lr_cfg: LowRankConfig, build: Any) -> tuple[Ranker, ModelConfig, dict]:
+    """Truncated SVD of every composite projection; returns the model, its config and the chosen ranks."""
+    attention = _attention(model)
+    if cfg.interaction != "hiformer" or attention is None:
+        raise ValueError(f"low_rank: only Hiformer has composite projections, not {cfg.interaction!r}")
+    composite_query = cfg.chosen_kwargs().get("query_mode", "hetero") == "composite"
+    groups: dict[str, list[tuple[str, CompositeLinear]]] = {"rank_k": [], "rank_v": []}
+    for i, layer in enumerate(attention.layers):
+        groups["rank_k"].append((f"layers.{i}.key", layer.key))
+        groups["rank_v"].append((f"layers.{i}.value", layer.value))
+        if composite_query:
+            groups["rank_k"].append((f"layers.{i}.query", layer.query))
+    ranks: dict[str, int] = {}
+    report: dict[str, Any] = {"projections": {}}
+    svds: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    for label, members in groups.items():
+        wanted = 0
+        for name, proj in members:
+            u, s, vh = torch.linalg.svd(_matrix(proj), full_matrices=False)
+            svds[name] = (u, s, vh)
+            by_energy = _energy_rank(s, lr_cfg.energy)
+            report["projections"][name] = {"current_rank": _current_rank(proj), "energy_rank": by_energy}
+            wanted = max(wanted, by_energy)
+        budget = getattr(lr_cfg, label)
+        ranks[label] = min(budget if budget is not None else wanted, *(_current_rank(p) for _, p in members))
+    kwargs = cfg.chosen_kwargs() | ranks
+    new_cfg = replace(cfg, interaction_kwargs={**cfg.interaction_kwargs, cfg.interaction: kwargs})
+    target = build(new_cfg)
+    state = model.state_dict()
+    new_state = target.state_dict()
+    prefix = "interaction."
+    for label, members in groups.items():
+        rank = ranks[label]
+        for name, _ in members:
+            u, s, vh = svds[name]
+            root = f"{prefix}{name}.proj"
+            for key in list(state):
+                if key.startswith(root + "."):
+                    del state[key]
+            half = s[:rank].sqrt()
+            state[f"{root}.0.weight"] = (half[:, None] * vh[:rank]).to(new_state[f"{root}.0.weight"].dtype)
+            state[f"{root}.1.weight"] = (u[:, :rank] * half[None, :]).to(new_state[f"{root}.1.weight"].dtype)
+            kept = float((s[:rank] ** 2).sum() / (s**2).sum().clamp(min=1e-300))
+            report["projections"][name].update(rank=rank, energy_kept=round(kept, 6))
+    target.load_state_dict(state, strict=True)
+    report["ranks"] = ranks
+    return target.eval(), new_cfg, report
+
+
+def finetune(model: Ranker, ft: FinetuneConfig, fmap: Any) -> dict[str, Any]:
+    """Fine-tunes ``model`` in place for ``ft.steps`` steps; returns the first and last losses."""
+    from pathlib import Path
+
+    from features.loader import RankLoader
+    from features.processor import processed_files
+    from ranker.model import RankerTrain
+
+    torch.manual_seed(ft.seed)
+    loader = RankLoader(
+        processed_files(Path(ft.features), "train"), fmap, ft.batch_size, shuffle=True, seed=ft.seed, prefetch=0
+    )
+    wrapped = RankerTrain(model).train()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=ft.lr)
+    losses: list[float] = []
+    epoch = 0
+    while len(losses) < ft.steps:
+        loader.set_epoch(epoch)
+        for batch in loader:
+            loss, _ = wrapped(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss))
+            if len(losses) >= ft.steps:
+                break
+        epoch += 1
+    model.eval()
+    head = losses[: min(20, len(losses))]
+    tail = losses[-min(20, len(losses)) :]
+    return {
+        "steps": len(losses),
+        "loss_first20": sum(head) / max(len(head), 1),
+        "loss_last20": sum(tail) / max(len(tail), 1),
+    }
+
+
+def apply_dense_dtype(model: Ranker, dtype: str) -> Ranker:
+    """Interaction and heads in ``dtype`` (tokens are cast on the way in, logits back to fp32 on the way out)."""
+    target = DENSE_DTYPES[dtype]
+    model.dense_dtype = target
+    model.interaction.to(target)
+    model.heads.to(target)
+    return model
+
+
+def compress_model(
+    model: Ranker, model_cfg: ModelConfig, cfg: CompressConfig, build: Any, fmap: Any = None
+) -> tuple[Ranker, ModelConfig, dict[str, Any]]:
+    """Applies the techniques of ``cfg`` to a copy of ``model``; returns the model, its config and what was done."""
+    model = copy.deepcopy(model).eval()
+    applied: dict[str, Any] = {"parameters_before": count_parameters(model)}
+    if cfg.prune_last:
+        model, model_cfg = prune_last_layer(model, model_cfg, build)
+        applied["prune_last"] = True
+    if cfg.low_rank is not None:
+        model, model_cfg, applied["low_rank"] = low_rank(model, model_cfg, cfg.low_rank, build)
+    if cfg.finetune is not None and cfg.finetune.steps > 0:
+        applied["finetune"] = finetune(model, cfg.finetune, fmap)
+    if cfg.dense_dtype != "float32":
+        apply_dense_dtype(model, cfg.dense_dtype)
+        applied["dense_dtype"] = cfg.dense_dtype
+    applied["parameters_after"] = count_parameters(model)
+    return model, model_cfg, applied
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def write_compression(out_dir: Any, cfg: CompressConfig, applied: dict[str, Any]) -> None:
+    from features.strict_yaml import to_dict
+
+    record = {"dense_dtype": cfg.dense_dtype, "config": to_dict(cfg), "applied": applied}
+    (out_dir / COMPRESSION_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+
+def read_dense_dtype(export_dir: Any) -> str:
+    path = export_dir / COMPRESSION_FILE
+    return json.loads(path.read_text()).get("dense_dtype", "float32") if path.exists() else "float32"
+
+
+__all__ = [
+    "CompressConfig",
+    "FinetuneConfig",
+    "LowRankConfig",
+    "ServeConfig",
+    "compress_model",
+    "low_rank",
+    "prune_last_layer",
+]
