@@ -162,19 +162,14 @@ _SERVE_SCRIPT = textwrap.dedent(
 )
 
 
-def test_served_program_loads_without_training_code(exported, tmp_path: Path) -> None:
-    export_dir, features = exported
-    out = tmp_path / "served"
-    cfg = CompressConfig(prune_last=True, low_rank=LowRankConfig(energy=0.9), serve=ServeConfig(program=True))
-    manifest = compress_export(export_dir, cfg, out)
-    spec = json.loads((out / "serve" / "serving.json").read_text())
-    assert spec == manifest["results"]["serve"] and spec["keys"] == ["user", "item", "tags", "city", "slot"]
+def _check_served(out: Path, features: Path, tmp_path: Path, sizes: tuple[int, ...], atol: float = 1e-5) -> None:
+    """Scores of ``out/serve/model.pt2`` in a fresh torch-only process equal ``load_exported(out)``'s."""
     model = load_exported(out)
     script = tmp_path / "serve.py"
     script.write_text(_SERVE_SCRIPT)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-    for n in (2, 7, 64):
-        batch = _batch(features, export_dir, n)
+    for n in sizes:
+        batch = _batch(features, out, n)
         kjt = batch.sparse
         np.savez(tmp_path / "in.npz", dense=batch.dense.numpy(), values=kjt.values().numpy(),
                  lengths=kjt.lengths().numpy())  # fmt: skip
@@ -187,7 +182,32 @@ def test_served_program_loads_without_training_code(exported, tmp_path: Path) ->
         assert run.returncode == 0, run.stderr[-3000:]
         with torch.no_grad():
             expected = model(batch).numpy()
-        np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, rtol=0, atol=atol)
+
+
+def test_served_program_loads_without_training_code(exported, tmp_path: Path) -> None:
+    export_dir, features = exported
+    out = tmp_path / "served"
+    cfg = CompressConfig(prune_last=True, low_rank=LowRankConfig(energy=0.9), serve=ServeConfig(program=True))
+    manifest = compress_export(export_dir, cfg, out)
+    spec = json.loads((out / "serve" / "serving.json").read_text())
+    assert spec == manifest["results"]["serve"] and spec["keys"] == ["user", "item", "tags", "city", "slot"]
+    _check_served(out, features, tmp_path, (2, 7, 64))
+
+
+def test_every_variant_serves_in_a_fresh_process(exported, tmp_path: Path) -> None:
+    """bf16 dense part (Hiformer) and an uncompressed DCN-v2: both serve from a torch-only process."""
+    export_dir, features = exported
+    compress_export(export_dir, CompressConfig(dense_dtype="bfloat16"), tmp_path / "bf16")
+    _check_served(tmp_path / "bf16", features, tmp_path, (9,))
+    fmap = FeatureMap.load(export_dir)
+    cfg = ModelConfig(embedding_dim=8, interaction="dcnv2", interaction_kwargs={"dcnv2": {"hidden": [16]}})
+    torch.manual_seed(1)
+    model = RankerTrain(build_ranker(fmap, cfg))
+    dcp.save({"model": model.state_dict()}, checkpoint_id=str(tmp_path / "ckpt"), no_dist=True)
+    export_checkpoint(tmp_path / "ckpt", fmap, features, cfg, {}, tmp_path / "dcn")
+    compress_export(tmp_path / "dcn", CompressConfig(), tmp_path / "dcn-served")
+    _check_served(tmp_path / "dcn-served", features, tmp_path, (9,))
 
 
 def test_scorer_equals_batch_scoring(exported) -> None:
