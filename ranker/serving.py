@@ -37,7 +37,12 @@ SERVING_JSON = "serving.json"
 
 
 class TensorRanker(nn.Module):
-    """The ranker over plain tensors (see the module docstring for the inputs)."""
+    """The ranker over plain tensors (see the module docstring for the inputs).
+
+    Args:
+        model: an exported :class:`Ranker`.
+        keys: sparse feature names in the model's (feature-map) order; the key order of ``values`` / ``lengths``.
+    """
 
     def __init__(self, model: Ranker, keys: Sequence[str]) -> None:
         super().__init__()

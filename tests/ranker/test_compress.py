@@ -125,6 +125,22 @@ def test_bf16_dense_part_loads_and_stays_close(exported, tmp_path: Path) -> None
     torch.testing.assert_close(out, ref, rtol=0, atol=0.1)
 
 
+def test_cli_compress(exported, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipelines.cli import main
+
+    export_dir, _ = exported
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"prune_last": True, "serve": {"program": False}}))
+    out = tmp_path / "cli"
+    args = ["compress", "--model", str(export_dir), "--config", str(config), "--out", str(out)]
+    assert main([*args, "--set", "low_rank.rank_k=4"]) == 0
+    assert "compressed:" in capsys.readouterr().out
+    kwargs = json.loads((out / "model_config.json").read_text())["interaction_kwargs"]["hiformer"]
+    assert kwargs["prune_last"] is True and kwargs["rank_k"] == 4
+    assert main([*args, "--set", "prune_lst=true"]) == 2  # unknown key: a message, exit code 2
+    assert "prune_lst" in capsys.readouterr().err
+
+
 def test_config_rejects_unknown_keys(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"prune_last": True, "low_rank": {"energy": 0.9, "rnak_k": 3}}))
