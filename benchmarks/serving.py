@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> None:
         preds[name] = args.work / f"eval-{name}" / "predictions.parquet"
     for name in table:
         comp = compare(preds["hiformer"], preds[name], config=evcfg, names=("hiformer", name))
-        task = next(iter(comp["overall"]))
-        metrics = comp["overall"][task]["metrics"]
+        task = next(iter(comp["overall"]["tasks"]))
+        metrics = comp["overall"]["tasks"][task]["metrics"]
         for metric in ("auc", "ne"):
             m = metrics[metric]
             rows[name][metric] = m["b"]
