@@ -21,7 +21,9 @@ from tests.helpers import write_tiny_dataset
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).parents[2]
-CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+# Training configs; configs/compress/ holds `ranker compress` configs (checked below).
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "compress")
+COMPRESS_CONFIGS = sorted((ROOT / "configs" / "compress").glob("*.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +42,14 @@ def _meta_build(fmap: FeatureMap, path: Path, overrides: dict[str, object] | Non
 
 def test_configs_exist() -> None:
     assert len(CONFIGS) >= 6, CONFIGS
+
+
+@pytest.mark.parametrize("path", COMPRESS_CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_shipped_compress_config_loads(path: Path) -> None:
+    from pipelines.compress import load_compress_config
+
+    assert COMPRESS_CONFIGS
+    load_compress_config(path)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
