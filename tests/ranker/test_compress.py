@@ -257,3 +257,20 @@ def test_scorer_equals_batch_scoring(exported) -> None:
     torch.testing.assert_close(scores, expected, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="not sparse features"):
         Scorer(model, ["nope"])
+
+
+@pytest.mark.slow
+def test_aoti_package_matches_the_program(exported, tmp_path: Path) -> None:
+    """The AOTInductor package (built for this CPU) scores as the eager model does, B = 1 included."""
+    export_dir, features = exported
+    out = tmp_path / "aoti"
+    cfg = CompressConfig(prune_last=True, serve=ServeConfig(program=True, aoti=True))
+    manifest = compress_export(export_dir, cfg, out)
+    assert manifest["results"]["serve"]["aoti"]["package"] == "model_aoti.pt2"
+    package = torch._inductor.aoti_load_package(str(out / "serve" / "model_aoti.pt2"))
+    model = load_exported(out)
+    for n in (1, 7, 64):
+        batch = _batch(features, export_dir, n)
+        with torch.no_grad():
+            got = package(batch.dense, batch.sparse.values(), batch.sparse.lengths())
+            torch.testing.assert_close(got, model(batch), rtol=0, atol=1e-5)
