@@ -216,7 +216,7 @@ def finetune(model: Ranker, ft: FinetuneConfig, fmap: Any) -> dict[str, Any]:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if len(losses) >= ft.steps:
                 break
         epoch += 1
