@@ -75,7 +75,7 @@ def failure_line(log: str, code: int) -> str:
     exitcode = fields.get("exitcode", "?")
     signal = re.search(r"\((SIG\w+)\)", exitcode)
     how = f"was killed by {signal.group(1)}" if signal else f"exited with code {exitcode.split()[0]}"
-    line = f"training failed: rank {fields['rank']} {how}"
+    line = f"training failed: rank {fields['rank'].split()[0]} {how}"
     error_file = Path(fields.get("error_file", ""))
     if error_file.is_file():
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
@@ -105,6 +105,10 @@ def launch_training(
     extra = [f"--set={item}" for item in overrides] + (["--resume"] if resume else [])
     threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     env = {**os.environ, "OMP_NUM_THREADS": threads}
+    if max_restarts:
+        # Ranks sharing the agent's store find the dead ranks' gloo addresses there after a restart and fail to
+        # connect ("Connection refused"); a store of their own per attempt starts clean.
+        env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     cmd = torchrun_command(config, nproc, extra, max_restarts=max_restarts, **rdzv)  # type: ignore[arg-type]
     # Nodes of a multi-node job share out_dir; each node's launcher would refuse the others.
     lock = exclusive(Path(cfg.out_dir)) if rdzv.get("nnodes", 1) == 1 else contextlib.nullcontext()

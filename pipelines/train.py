@@ -44,7 +44,7 @@ from features.images import load_images
 from features.loader import RankLoader
 from features.processor import FeatureMap, processed_files
 from features.strict_yaml import load_yaml, to_dict
-from pipelines import checkpoints
+from pipelines import checkpoints, steps
 from pipelines import metrics as M
 from pipelines.distributed import broadcast_from_rank0, gather_to_rank0, init_distributed, mean_over_ranks
 from ranker import export
@@ -139,6 +139,12 @@ def preflight(cfg: TrainConfig, resume: bool = False, cuda: bool | None = None) 
     fmap = FeatureMap.load(features)
     for split in ("train", "valid", "test"):
         processed_files(features, split)
+    changed = steps.changed_inputs(((steps.read_manifest(features) or {}).get("results") or {}).get("inputs", {}))
+    if changed:
+        raise ValueError(
+            f"features: {features} no longer match their data, changed since the build: {', '.join(changed)}; "
+            "rebuild them with `ranker features build SCHEMA.yaml`"
+        )
     check_model_config(fmap, cfg.model, features)
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if not cuda and not set(cfg.sharding_types) <= set(CPU_SHARDING_TYPES):

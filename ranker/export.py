@@ -14,6 +14,7 @@ Layout of an export directory::
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 import warnings
 from pathlib import Path
@@ -46,8 +47,31 @@ def export_checkpoint(
     """Reads a (possibly sharded) DCP checkpoint of a ``RankerTrain`` into an unsharded CPU export.
 
     ``item_embeddings``: the frozen tower's catalogue embeddings the model was trained with (frozen towers only).
+    The export is written into a temporary sibling folder and renamed onto ``out_dir`` only once complete, so a
+    failure (a full disk) never leaves a folder that looks finished; a previous export stays until replaced.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
+    partial = out_dir.parent / f".{out_dir.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        _write_export(checkpoint, fmap, features_dir, model_cfg, train_cfg, partial, item_embeddings)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        partial.rename(out_dir)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return out_dir
+
+
+def _write_export(
+    checkpoint: Path,
+    fmap: FeatureMap,
+    features_dir: Path,
+    model_cfg: ModelConfig,
+    train_cfg: dict[str, Any],
+    out_dir: Path,
+    item_embeddings: np.ndarray | None,
+) -> None:
+    out_dir.mkdir(parents=True)
     fine_tuned = model_cfg.vision is not None and not model_cfg.vision.frozen
     images = np.asarray(np.load(features_dir / IMAGES, mmap_mode="r")) if fine_tuned else None
     template = RankerTrain(build_ranker(fmap, model_cfg, images, item_embeddings=item_embeddings))
@@ -69,7 +93,6 @@ def export_checkpoint(
             shutil.copyfile(features_dir / name, out_dir / name)
     if item_embeddings is not None:
         np.save(out_dir / ITEM_EMBEDDINGS, np.asarray(item_embeddings, dtype=np.float32))
-    return out_dir
 
 
 def load_exported(export_dir: str | Path) -> Ranker:
@@ -85,6 +108,22 @@ def load_exported(export_dir: str | Path) -> Ranker:
     elif cfg.vision is not None:
         images = np.asarray(np.load(export_dir / IMAGES, mmap_mode="r"))
     model = build_ranker(fmap, cfg, images, item_embeddings=embeddings)
-    state = torch.load(export_dir / MODEL_FILE, map_location="cpu", weights_only=True)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(_load_state(export_dir / MODEL_FILE, set(model.state_dict())), strict=True)
     return model.eval()
+
+
+def _load_state(path: Path, expected: set[str]) -> dict[str, torch.Tensor]:
+    """The state dict in ``path``, refused with a clear ``ValueError`` unless it is tensors under ``expected`` names."""
+    what = f"{path} is not the model file of this export"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never runs code from the file
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        raise ValueError(f"{what}: it does not load as plain tensors ({str(err).splitlines()[0]})") from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{what}: it holds a {type(state).__name__}, not a state dict of tensors")
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"{what}: {len(missing)} weight(s) missing {missing[:3]}, {len(unexpected)} unknown {unexpected[:3]}"
+        )
+    return state

@@ -27,7 +27,9 @@ ROOT = Path(__file__).parents[2]
 STEPS = 14  # 7 steps per epoch, 2 epochs; checkpoints at 4, 7, 8, 12, 14
 
 
-def _cli(config: Path, *extra: str, env: dict[str, str] | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+def _cli(
+    config: Path, *extra: str, env: dict[str, str] | None = None, timeout: int = 900
+) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "pipelines.cli", "train", "--config", str(config), "--nproc", "2", *extra]
     run_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=run_env)
@@ -171,25 +173,169 @@ def test_stuck_rank_ends_the_job_after_the_timeout(tiny: Path, tmp_path: Path) -
 @pytest.mark.e2e
 @pytest.mark.dist
 def test_second_run_into_the_same_out_dir_is_refused(tiny: Path, tmp_path: Path) -> None:
-    """The first job is stuck (a rank sleeps); the second into its out_dir refuses; once it is gone, the lock is."""
-    config = _config(tmp_path, tiny, "run", max_steps=2, epochs=1)
+    """While a job trains, a second one into its out_dir refuses at once; the first finishes undisturbed."""
+    config = _config(tmp_path, tiny, "run")
     cmd = [sys.executable, "-m", "pipelines.cli", "train", "--config", str(config), "--nproc", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RANKER_FAULT": "hang:1:1"}
-    # Its own session, so that the whole job (launcher, torchrun, ranks) can be killed at the end.
-    first = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log = (tmp_path / "first.log").open("w")  # a file, not a pipe, that no one reads while the second runs
+    first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     lock = tmp_path / "run" / launch.LOCK
+    deadline = time.time() + 120
+    while not (lock.exists() and lock.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.2)
+    line = _error_line(_cli(config, timeout=120))
+    assert first.poll() is None, "the first job ended before the second tried: nothing was tested"
+    assert line.startswith(f"ranker: error: out_dir {tmp_path / 'run'} is in use by another training run"), line
+    assert f"pid {first.pid}" in line
+    assert first.wait(timeout=900) == 0, (tmp_path / "first.log").read_text()[-3000:]
+    log.close()
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["steps"] == STEPS
+
+
+@pytest.mark.unit
+def test_lock_of_a_killed_holder_is_not_stale(tmp_path: Path) -> None:
+    """A holder killed with SIGKILL leaves its lock file behind, but the kernel released the lock itself."""
+    code = (
+        "import sys, time; from pathlib import Path; from pipelines.launch import exclusive\n"
+        f"with exclusive(Path({str(tmp_path)!r})):\n    print('held', flush=True); time.sleep(600)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with pytest.raises(ValueError, match=f"in use by another training run \\(pid {holder.pid} "):
+        with launch.exclusive(tmp_path):
+            pass
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with launch.exclusive(tmp_path):  # taken at once: no stale lock to clear by hand
+        assert (tmp_path / launch.LOCK).read_text().strip() == str(os.getpid())
+
+
+def _fill(folder: Path) -> None:
+    """Writes into ``folder`` until its file system is full (the real ENOSPC)."""
+    with (folder / "filler").open("wb") as f, pytest.raises(OSError, match="No space left"):
+        while True:
+            f.write(b"\0" * (1 << 16))
+            f.flush()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}); the disk-full test needs one")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+@pytest.mark.e2e
+@pytest.mark.dist
+@pytest.mark.slow
+def test_disk_full_while_checkpointing_and_exporting(tiny: Path, small_disk: Path) -> None:
+    from pipelines.train import load_config
+    from features.processor import FeatureMap
+    from ranker import export
+
+    config = _config(small_disk, tiny, "run")
+    _ok(_cli(config, env={"RANKER_STOP_AT_STEP": "4"}))
+    ckpts = small_disk / "run" / "checkpoints"
+    exported = export.export_checkpoint(
+        ckpts / "step-00000004", FeatureMap.load(tiny), tiny, load_config(config).model, {}, small_disk / "export"
+    )
+    before = (exported / export.MODEL_FILE).read_bytes()
+    _fill(small_disk)
+    line = _error_line(_cli(config, "--resume"))
+    assert f"checkpoint {ckpts / 'step-00000007'}: could not be saved" in line and "No space left" in line, line
+    checkpoints.verify(ckpts / "step-00000004")  # the previous one is intact
+    assert checkpoints.complete(ckpts) == [ckpts / "step-00000004"]
+    with pytest.raises(OSError, match="No space left"):
+        export.export_checkpoint(
+            ckpts / "step-00000004", FeatureMap.load(tiny), tiny, load_config(config).model, {}, small_disk / "export"
+        )
+    assert sorted(p.name for p in small_disk.iterdir()) == ["export", "filler", "run", "run.yaml"]
+    assert (exported / export.MODEL_FILE).read_bytes() == before  # the previous export is untouched
+    export.load_exported(exported)
+
+
+@pytest.mark.e2e
+def test_feature_build_killed_midway_then_rerun(tmp_path: Path) -> None:
+    schema = write_tiny_dataset(tmp_path / "raw", n=200_000)
+    out = tmp_path / "features"
+    code = f"from pipelines.build_features import build_features; build_features({str(schema)!r}, {str(out)!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".features.partial-*/feature_map.json")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # mid-way: fitted, transforming
+    proc.wait()
+    assert list(tmp_path.glob(".features.partial-*")), "the kill came too late to test anything"
+    assert not out.exists()  # nothing a later step could take as finished
+    manifest = build_features(schema, out, progress=False)
+    assert manifest["step"] == "features" and (out / "manifest.json").exists()
+
+
+@pytest.mark.e2e
+def test_training_refuses_features_whose_data_changed(tiny: Path, tmp_path: Path) -> None:
+    from pipelines.train import load_config, preflight
+
+    config = load_config(_config(tmp_path, tiny, "run"))
+    preflight(config)
+    raw = tiny.parent / "raw" / "valid.parquet"
+    stamp = raw.stat()
+    raw.write_bytes(raw.read_bytes() + b"\0")
     try:
-        deadline = time.time() + 120
-        while not (lock.exists() and lock.read_text().strip()) and time.time() < deadline:
-            time.sleep(0.2)
-        line = _error_line(_cli(config, timeout=120))
-        assert line.startswith(f"ranker: error: out_dir {tmp_path / 'run'} is in use by another training run"), line
-        assert f"pid {first.pid}" in line
-        assert not (tmp_path / "run" / "results.json").exists()
+        with pytest.raises(ValueError, match=rf"no longer match their data.*{raw.name} \(size or modification"):
+            preflight(config)
     finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.communicate()
-    with launch.exclusive(tmp_path / "run"):  # the kernel released the dead launcher's lock: nothing is stale
-        assert lock.read_text().strip() == str(os.getpid())
+        raw.write_bytes(raw.read_bytes()[:-1])
+        os.utime(raw, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    preflight(config)
+
+
+@pytest.mark.unit
+def test_a_file_that_is_not_a_model_is_refused(tiny: Path, tmp_path: Path) -> None:
+    from ranker import export
+    from ranker.build import ModelConfig, build_ranker
+    from features.processor import FeatureMap
+
+    fmap = FeatureMap.load(tiny)
+    model = build_ranker(fmap, ModelConfig(embedding_dim=8))
+    folder = tmp_path / "export"
+    folder.mkdir()
+    for name in ("feature_map.json", "vocab"):
+        (folder / name).symlink_to(tiny / name)
+    (folder / "model_config.json").write_text(json.dumps({"embedding_dim": 8}))
+    torch.save(model.state_dict(), folder / export.MODEL_FILE)
+    export.load_exported(folder)
+    for payload, reason in (
+        (b"PK\x03\x04 not a torch file", "does not load as plain tensors"),
+        ({"weights": [1, 2]}, "not a state dict of tensors"),
+        ({"other.weight": torch.zeros(2)}, "weight\\(s\\) missing"),
+    ):
+        if isinstance(payload, bytes):
+            (folder / export.MODEL_FILE).write_bytes(payload)
+        else:
+            torch.save(payload, folder / export.MODEL_FILE)
+        with pytest.raises(ValueError, match=f"{folder / export.MODEL_FILE} is not the model file.*{reason}"):
+            export.load_exported(folder)
+
+
+@pytest.mark.unit
+def test_no_secrets_in_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines import tracking
+
+    monkeypatch.setenv("RANKER_RUNS", str(tmp_path / "runs"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret-value")
+    params = {"db": {"password": "pw-value", "host": "127.0.0.1"}, "api_token": "tok-value", "lr": 0.1}
+    run = tracking.start_run("secrets", tmp_path / "out")
+    tracking.log_params(params)
+    tracking.end_run()
+    import mlflow
+
+    logged = mlflow.get_run(run.info.run_id).data.params
+    assert logged == {"db.password": "[redacted]", "db.host": "127.0.0.1", "api_token": "[redacted]", "lr": "0.1"}
+    stored = b"".join(p.read_bytes() for p in (tmp_path / "runs").rglob("*") if p.is_file())
+    for secret in (b"pw-value", b"tok-value", b"env-secret-value"):
+        assert secret not in stored
