@@ -10,8 +10,9 @@ Run under ``torchrun`` (``ranker train --config C --nproc N`` launches it); ever
   logloss / NE there, broadcast so every rank takes the same early-stopping decision.
 - Checkpoints (``torch.distributed.checkpoint``) at each validation, the newest ``keep_checkpoints`` and the best
   kept, each sealed with its files' checksums (``pipelines.checkpoints``); ``--resume`` continues from the newest
-  intact one (a damaged one is named and passed over), skipping the batches of the interrupted epoch already trained, so a resumed run ends where an uninterrupted
-  run with the same seed ends.
+  intact one (a damaged one is named and passed over), skipping the batches of the interrupted epoch already
+  trained, so a resumed run ends where an uninterrupted run with the same seed ends. After a rank dies,
+  ``--max-restarts`` (torchrun elastic) restarts the ranks, which then resume by themselves.
 - Export: the best checkpoint (by validation AUC of the first task) as an unsharded CPU state dict plus the
   feature map and config (``ranker.export``), then test metrics of the exported model.
 """
@@ -24,8 +25,8 @@ import math
 import os
 import random
 import shutil
-import sys
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -127,9 +128,10 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
 def preflight(cfg: TrainConfig, resume: bool = False, cuda: bool | None = None) -> None:
     """Checks in the launching process what every rank would otherwise fail on, each with one clear message.
 
-    The feature folder (feature map and processed splits), the model (built on the ``meta`` device: interaction
-    and tower arguments, image data, pretrained tower file), sharding types for the device, and with ``resume`` a
-    complete checkpoint to resume from. Raises ``ValueError`` / ``FileNotFoundError``.
+    The feature folder (feature map, processed splits, and its data unchanged since the build), the model (built on
+    the ``meta`` device: interaction and tower arguments, image data, pretrained tower file), sharding types for the
+    device, and with ``resume`` a complete, intact checkpoint to resume from. Raises ``ValueError`` /
+    ``FileNotFoundError``.
     """
     features = Path(cfg.features)
     if not features.is_dir():
@@ -276,7 +278,7 @@ def _root_cause(err: BaseException) -> str:
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: CombinedOptimizer) -> TrainerState:
-    """Restores model, optimiser and trainer state; a damaged checkpoint raises ``DamagedCheckpoint`` naming the file."""
+    """Restores model, optimiser and trainer state; a damaged checkpoint raises ``DamagedCheckpoint`` naming a file."""
     checkpoints.verify(path)
     optimizer.init_state()  # creates the dense optimizer's state tensors so that DCP can load into them
     state_dict = {"model": model.state_dict(), "optim": optimizer.state_dict()}

@@ -233,8 +233,8 @@ def small_disk(tmp_path: Path):
 @pytest.mark.dist
 @pytest.mark.slow
 def test_disk_full_while_checkpointing_and_exporting(tiny: Path, small_disk: Path) -> None:
-    from pipelines.train import load_config
     from features.processor import FeatureMap
+    from pipelines.train import load_config
     from ranker import export
 
     config = _config(small_disk, tiny, "run")
@@ -295,9 +295,9 @@ def test_training_refuses_features_whose_data_changed(tiny: Path, tmp_path: Path
 
 @pytest.mark.unit
 def test_a_file_that_is_not_a_model_is_refused(tiny: Path, tmp_path: Path) -> None:
+    from features.processor import FeatureMap
     from ranker import export
     from ranker.build import ModelConfig, build_ranker
-    from features.processor import FeatureMap
 
     fmap = FeatureMap.load(tiny)
     model = build_ranker(fmap, ModelConfig(embedding_dim=8))
