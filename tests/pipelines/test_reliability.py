@@ -259,6 +259,7 @@ def test_disk_full_while_checkpointing_and_exporting(tiny: Path, small_disk: Pat
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_feature_build_killed_midway_then_rerun(tmp_path: Path) -> None:
     schema = write_tiny_dataset(tmp_path / "raw", n=200_000)
     out = tmp_path / "features"
