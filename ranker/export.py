@@ -53,46 +53,34 @@ def export_checkpoint(
     partial = out_dir.parent / f".{out_dir.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        _write_export(checkpoint, fmap, features_dir, model_cfg, train_cfg, partial, item_embeddings)
+        partial.mkdir(parents=True)
+        fine_tuned = model_cfg.vision is not None and not model_cfg.vision.frozen
+        images = np.asarray(np.load(features_dir / IMAGES, mmap_mode="r")) if fine_tuned else None
+        template = RankerTrain(build_ranker(fmap, model_cfg, images, item_embeddings=item_embeddings))
+        state = {"model": template.state_dict()}
+        # DCP reassembles table-/column-wise shards into the full tensors of the unsharded template.
+        with warnings.catch_warnings():
+            # DCP warns that it assumes a single-process load even when asked for exactly that (no_dist=True).
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+            dcp.load(state, checkpoint_id=str(checkpoint), no_dist=True)
+        ranker_state = {k.removeprefix(_TRAIN_PREFIX): v for k, v in state["model"].items()}
+        torch.save(ranker_state, partial / MODEL_FILE)
+        (partial / "model_config.json").write_text(json.dumps(to_dict(model_cfg), indent=2) + "\n")
+        (partial / "train_config.json").write_text(json.dumps(train_cfg, indent=2, default=str) + "\n")
+        shutil.copyfile(features_dir / FEATURE_MAP, partial / FEATURE_MAP)
+        if (features_dir / "vocab").exists():
+            shutil.copytree(features_dir / "vocab", partial / "vocab", dirs_exist_ok=True)
+        for name in (TRAIN_ITEMS, ITEMS, *((IMAGES,) if fine_tuned else ())):
+            if (features_dir / name).exists():
+                shutil.copyfile(features_dir / name, partial / name)
+        if item_embeddings is not None:
+            np.save(partial / ITEM_EMBEDDINGS, np.asarray(item_embeddings, dtype=np.float32))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         partial.rename(out_dir)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return out_dir
-
-
-def _write_export(
-    checkpoint: Path,
-    fmap: FeatureMap,
-    features_dir: Path,
-    model_cfg: ModelConfig,
-    train_cfg: dict[str, Any],
-    out_dir: Path,
-    item_embeddings: np.ndarray | None,
-) -> None:
-    out_dir.mkdir(parents=True)
-    fine_tuned = model_cfg.vision is not None and not model_cfg.vision.frozen
-    images = np.asarray(np.load(features_dir / IMAGES, mmap_mode="r")) if fine_tuned else None
-    template = RankerTrain(build_ranker(fmap, model_cfg, images, item_embeddings=item_embeddings))
-    state = {"model": template.state_dict()}
-    # DCP reassembles table-/column-wise shards into the full tensors of the unsharded template.
-    with warnings.catch_warnings():
-        # DCP warns that it assumes a single-process load even when asked for exactly that (no_dist=True).
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
-        dcp.load(state, checkpoint_id=str(checkpoint), no_dist=True)
-    ranker_state = {k.removeprefix(_TRAIN_PREFIX): v for k, v in state["model"].items()}
-    torch.save(ranker_state, out_dir / MODEL_FILE)
-    (out_dir / "model_config.json").write_text(json.dumps(to_dict(model_cfg), indent=2) + "\n")
-    (out_dir / "train_config.json").write_text(json.dumps(train_cfg, indent=2, default=str) + "\n")
-    shutil.copyfile(features_dir / FEATURE_MAP, out_dir / FEATURE_MAP)
-    if (features_dir / "vocab").exists():
-        shutil.copytree(features_dir / "vocab", out_dir / "vocab", dirs_exist_ok=True)
-    for name in (TRAIN_ITEMS, ITEMS, *((IMAGES,) if fine_tuned else ())):
-        if (features_dir / name).exists():
-            shutil.copyfile(features_dir / name, out_dir / name)
-    if item_embeddings is not None:
-        np.save(out_dir / ITEM_EMBEDDINGS, np.asarray(item_embeddings, dtype=np.float32))
 
 
 def load_exported(export_dir: str | Path) -> Ranker:
