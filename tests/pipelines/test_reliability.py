@@ -84,6 +84,14 @@ def _same_result(run: Path, reference: dict) -> None:
     assert results["test"] == reference["test"]
 
 
+def _resumed(config: Path, step: int, reference: dict) -> str:
+    """Runs `--resume`, checks it started at ``step`` and ended like ``reference``; returns its output."""
+    out = _ok(_cli(config, "--resume"))
+    assert f"resume from step {step}" in out.stdout
+    _same_result(Path(yaml.safe_load(config.read_text())["out_dir"]), reference)
+    return out.stdout + out.stderr
+
+
 def _saved(folder: Path, step: int) -> Path:
     path = folder / f"step-{step:08d}"
     dcp.save({"w": torch.arange(4096, dtype=torch.float32) * step}, checkpoint_id=str(path), no_dist=True)
@@ -128,10 +136,8 @@ def test_killed_while_saving_and_corrupted_checkpoint(tiny: Path, uninterrupted:
     raw = bytearray(data.read_bytes())
     raw[100] ^= 0x01
     data.write_bytes(bytes(raw))
-    out = _ok(_cli(config, "--resume"))
-    assert f"{data} does not match its saved checksum" in out.stdout + out.stderr
-    assert "resume from step 7" in out.stdout
-    _same_result(tmp_path / "run", uninterrupted)
+    output = _resumed(config, 7, uninterrupted)
+    assert f"{data} does not match its saved checksum" in output
 
 
 @pytest.mark.e2e
@@ -142,9 +148,7 @@ def test_rank_killed_mid_epoch_then_resume(tiny: Path, uninterrupted: dict, tmp_
     line = _error_line(_cli(config, env={"RANKER_FAULT": "kill:1:10"}))  # between the checkpoints 8 and 12
     assert line.startswith("ranker: error: training failed: rank 1 was killed by SIGKILL"), line
     assert "ranker train --resume" in line
-    out = _ok(_cli(config, "--resume"))
-    assert "resume from step 8" in out.stdout
-    _same_result(tmp_path / "run", uninterrupted)
+    _resumed(config, 8, uninterrupted)
 
 
 @pytest.mark.e2e
