@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.elastic.multiprocessing.errors import record
 from torchrec.optim.keyed import CombinedOptimizer
 
@@ -253,7 +254,7 @@ def save_checkpoint(
             (path / STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
             _fault("saving", state.step)
             checkpoints.seal(path)
-    except Exception as err:  # DCP wraps every rank's OSError in its own CheckpointException
+    except (Exception, CheckpointException) as err:  # DCP's (a BaseException) holds every rank's OSError
         previous = checkpoints.complete(root)
         kept = f"the previous one, {previous[-1]}, is intact" if previous else "there is no previous one"
         raise OSError(f"checkpoint {path}: could not be saved ({_root_cause(err)}); {kept}") from err
