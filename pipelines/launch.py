@@ -81,7 +81,7 @@ def failure_line(log: str, code: int) -> str:
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             message = json.loads(error_file.read_text())["message"]["message"]
             line += f": {message.strip().splitlines()[-1]}"
-    return line + "; the last complete checkpoint is kept: continue with `ranker train --resume`"
+    return line + "; complete checkpoints are kept: `ranker train --resume` continues from the newest"
 
 
 def launch_training(
