@@ -64,17 +64,24 @@ def export_checkpoint(
             warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
             dcp.load(state, checkpoint_id=str(checkpoint), no_dist=True)
         ranker_state = {k.removeprefix(_TRAIN_PREFIX): v for k, v in state["model"].items()}
-        torch.save(ranker_state, partial / MODEL_FILE)
-        (partial / "model_config.json").write_text(json.dumps(to_dict(model_cfg), indent=2) + "\n")
-        (partial / "train_config.json").write_text(json.dumps(train_cfg, indent=2, default=str) + "\n")
-        shutil.copyfile(features_dir / FEATURE_MAP, partial / FEATURE_MAP)
-        if (features_dir / "vocab").exists():
-            shutil.copytree(features_dir / "vocab", partial / "vocab", dirs_exist_ok=True)
-        for name in (TRAIN_ITEMS, ITEMS, *((IMAGES,) if fine_tuned else ())):
-            if (features_dir / name).exists():
-                shutil.copyfile(features_dir / name, partial / name)
-        if item_embeddings is not None:
-            np.save(partial / ITEM_EMBEDDINGS, np.asarray(item_embeddings, dtype=np.float32))
+        try:
+            torch.save(ranker_state, partial / MODEL_FILE)
+            (partial / "model_config.json").write_text(json.dumps(to_dict(model_cfg), indent=2) + "\n")
+            (partial / "train_config.json").write_text(json.dumps(train_cfg, indent=2, default=str) + "\n")
+            shutil.copyfile(features_dir / FEATURE_MAP, partial / FEATURE_MAP)
+            if (features_dir / "vocab").exists():
+                shutil.copytree(features_dir / "vocab", partial / "vocab", dirs_exist_ok=True)
+            for name in (TRAIN_ITEMS, ITEMS, *((IMAGES,) if fine_tuned else ())):
+                if (features_dir / name).exists():
+                    shutil.copyfile(features_dir / name, partial / name)
+            if item_embeddings is not None:
+                np.save(partial / ITEM_EMBEDDINGS, np.asarray(item_embeddings, dtype=np.float32))
+        except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError of its writer
+            free = shutil.disk_usage(partial).free
+            raise OSError(
+                f"export {out_dir}: could not be written ({type(err).__name__}: {str(err).splitlines()[0]}; "
+                f"{free:,} bytes free on its file system); nothing was left there, a previous export is unchanged"
+            ) from err
         if out_dir.exists():
             shutil.rmtree(out_dir)
         partial.rename(out_dir)
