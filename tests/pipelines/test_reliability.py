@@ -344,3 +344,36 @@ def test_no_secrets_in_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     stored = b"".join(p.read_bytes() for p in (tmp_path / "runs").rglob("*") if p.is_file())
     for secret in (b"pw-value", b"tok-value", b"env-secret-value"):
         assert secret not in stored
+
+
+def _resources() -> tuple[int, int, int]:
+    """Open files, threads and resident bytes of this process."""
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    rss = int(status["VmRSS"].split()[0]) * 1024
+    return len(os.listdir("/proc/self/fd")), int(status["Threads"]), rss
+
+
+SOAK_RUNS = int(os.environ.get("RANKER_SOAK_RUNS", 20))
+
+
+@pytest.mark.e2e
+@pytest.mark.dist
+@pytest.mark.slow
+def test_soak_consecutive_runs_do_not_grow(tiny: Path, tmp_path: Path) -> None:
+    """SOAK_RUNS short training (2 ranks, launched from here) + in-process evaluation runs: this process's open
+    files, threads and RSS after the last run are within 10% of those after the second (the first warms caches)."""
+    from pipelines.evaluate import evaluate_model
+    from pipelines.metrics import EvalConfig
+
+    assert SOAK_RUNS >= 3
+    seen = []
+    for i in range(SOAK_RUNS):
+        config = _config(tmp_path, tiny, f"run{i}", epochs=1, max_steps=4)
+        _ok(_cli(config))
+        evaluate_model(
+            tmp_path / f"run{i}" / "export", tiny, tmp_path / f"eval{i}", eval_config=EvalConfig(n_bootstrap=10)
+        )
+        seen.append(_resources())
+    (fds, threads, rss), (fds_end, threads_end, rss_end) = seen[1], seen[-1]
+    assert fds_end <= fds * 1.1 and threads_end <= threads * 1.1, seen
+    assert rss_end <= rss * 1.1, seen
