@@ -85,7 +85,8 @@ def build_features(
             "describe the raw tables under source: with a split"
         )
     config = {"schema": to_dict(schema), "row_group_size": row_group_size}
-    fp = steps.fingerprint(config, [Path(schema_path), *_inputs(schema)])
+    inputs = [Path(schema_path), *_inputs(schema)]
+    fp = steps.fingerprint(config, inputs)
     if not force and steps.is_complete(out_dir, "features", fp):
         return steps.read_manifest(out_dir) or {}
     started = time.time()
@@ -94,6 +95,7 @@ def build_features(
     partial.mkdir(parents=True)
     try:
         results = _build(schema, partial, row_group_size, progress)
+        results["inputs"] = steps.input_stamps(inputs)  # training refuses features whose data changed since
         steps.write_manifest(partial, "features", fp, config, results, started)
         previous = out_dir.parent / f".{out_dir.name}.previous-{os.getpid()}"
         if out_dir.exists():

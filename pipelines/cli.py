@@ -130,7 +130,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from pipelines.launch import launch_training
 
     return launch_training(
-        args.config, args.nproc, args.set, args.resume,
+        args.config, args.nproc, args.set, args.resume, args.max_restarts,
         nnodes=args.nnodes, rdzv_endpoint=args.rdzv_endpoint, rdzv_id=args.rdzv_id,
     )  # fmt: skip
 
@@ -250,7 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. epochs=1"
     )
-    p.add_argument("--resume", action="store_true", help="continue from the run's last complete checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue from the run's newest intact checkpoint")
+    p.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        help="restart the ranks up to N times after one fails, continuing from the last checkpoint (torchrun elastic)",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(
@@ -306,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     silence_known_library_noise()
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ChildProcessError) as err:  # ChildProcessError: a failed job
         print(f"ranker: error: {err}", file=sys.stderr)
         return 2
 

@@ -20,14 +20,18 @@ def process_group_backend(cuda: bool) -> str:
     return "cpu:gloo,cuda:nccl" if cuda else "gloo"
 
 
-def init_distributed() -> torch.device:
-    """Joins the job's process group (torchrun's environment); returns this rank's device."""
+def init_distributed(timeout_s: int = 600) -> torch.device:
+    """Joins the job's process group (torchrun's environment); returns this rank's device.
+
+    ``timeout_s``: how long a collective waits for the other ranks before failing (``$RANKER_DIST_TIMEOUT`` wins),
+    so that a stuck rank ends the job instead of hanging it.
+    """
     cuda = torch.cuda.is_available()
     device = torch.device("cpu")
     if cuda:
         device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
         torch.cuda.set_device(device)
-    timeout = timedelta(seconds=int(os.environ.get("RANKER_DIST_TIMEOUT", 600)))
+    timeout = timedelta(seconds=int(os.environ.get("RANKER_DIST_TIMEOUT", timeout_s)))
     dist.init_process_group(process_group_backend(cuda), timeout=timeout)
     return device
 

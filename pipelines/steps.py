@@ -19,15 +19,38 @@ from typing import Any
 MANIFEST = "manifest.json"
 
 
-def fingerprint(config: Any, paths: Iterable[Path] = ()) -> str:
-    """Hash of the config and of the input files' names, sizes and modification times."""
-    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+def _stamps(paths: Iterable[Path]) -> Iterable[tuple[Path, int, int]]:
+    """(file, size, modification time in ns) of every file under ``paths``, in a stable order."""
     for p in sorted(Path(x) for x in paths):
         files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
         for f in files:
             st = f.stat()
-            h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
+            yield f, st.st_size, st.st_mtime_ns
+
+
+def fingerprint(config: Any, paths: Iterable[Path] = ()) -> str:
+    """Hash of the config and of the input files' names, sizes and modification times."""
+    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for f, size, mtime in _stamps(paths):
+        h.update(f"{f}:{size}:{mtime}".encode())
     return h.hexdigest()[:16]
+
+
+def input_stamps(paths: Iterable[Path]) -> dict[str, list[int]]:
+    """Absolute path -> [size, modification time in ns] of every input file, for :func:`changed_inputs` later."""
+    return {str(f.resolve()): [size, mtime] for f, size, mtime in _stamps(paths)}
+
+
+def changed_inputs(stamps: dict[str, list[int]]) -> list[str]:
+    """The files of ``input_stamps`` that are gone or differ now, each with what changed."""
+    changed = []
+    for name, (size, mtime) in sorted(stamps.items()):
+        path = Path(name)
+        if not path.is_file():
+            changed.append(f"{name} (deleted)")
+        elif (path.stat().st_size, path.stat().st_mtime_ns) != (size, mtime):
+            changed.append(f"{name} (size or modification time differs)")
+    return changed
 
 
 def read_manifest(out_dir: Path) -> dict[str, Any] | None:

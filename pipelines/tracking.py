@@ -2,12 +2,15 @@
 
 The tracking store defaults to a SQLite database and artifact folder under ``./runs`` (MLflow 3 deprecates the
 file store); ``$MLFLOW_TRACKING_URI`` points it elsewhere, e.g. at an ``mlflow server`` on 127.0.0.1.
-Secrets never reach MLflow: parameters are the run's config, which holds paths and numbers only.
+Secrets never reach MLflow: parameters are the run's config, and a value whose key looks like a credential
+(password, token, secret, key, credential, auth) is replaced by ``[redacted]``; environment variables are never
+logged.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +47,17 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+_CREDENTIAL = re.compile(r"passw|secret|token|credential|auth|api.?key|private.?key|access.?key|(^|[._-])key$", re.I)
+REDACTED = "[redacted]"
+
+
+def redact(params: dict[str, Any]) -> dict[str, Any]:
+    """Flattened ``params`` with the value of every credential-like key replaced by ``[redacted]``."""
+    return {k: REDACTED if _CREDENTIAL.search(k) else v for k, v in _flatten(params).items()}
+
+
 def log_params(params: dict[str, Any]) -> None:
-    mlflow.log_params({k: str(v)[:_MAX_PARAM] for k, v in _flatten(params).items()})
+    mlflow.log_params({k: str(v)[:_MAX_PARAM] for k, v in redact(params).items()})
 
 
 def log_metrics(values: dict[str, Any], step: int) -> None:

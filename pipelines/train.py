@@ -9,9 +9,10 @@ Run under ``torchrun`` (``ranker train --config C --nproc N`` launches it); ever
 - Validation every ``eval_every`` steps (and at each epoch end): scores gathered to rank 0 only, exact AUC /
   logloss / NE there, broadcast so every rank takes the same early-stopping decision.
 - Checkpoints (``torch.distributed.checkpoint``) at each validation, the newest ``keep_checkpoints`` and the best
-  kept; ``--resume`` continues from the last one,
-  skipping the batches of the interrupted epoch already trained, so a resumed run ends where an uninterrupted
-  run with the same seed ends.
+  kept, each sealed with its files' checksums (``pipelines.checkpoints``); ``--resume`` continues from the newest
+  intact one (a damaged one is named and passed over), skipping the batches of the interrupted epoch already
+  trained, so a resumed run ends where an uninterrupted run with the same seed ends. After a rank dies,
+  ``--max-restarts`` (torchrun elastic) restarts the ranks, which then resume by themselves.
 - Export: the best checkpoint (by validation AUC of the first task) as an unsharded CPU state dict plus the
   feature map and config (``ranker.export``), then test metrics of the exported model.
 """
@@ -24,6 +25,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +37,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.elastic.multiprocessing.errors import record
 from torchrec.optim.keyed import CombinedOptimizer
 
 from features.batch import RankBatch
@@ -42,6 +46,7 @@ from features.images import load_images
 from features.loader import RankLoader
 from features.processor import FeatureMap, processed_files
 from features.strict_yaml import load_yaml, to_dict
+from pipelines import checkpoints, steps
 from pipelines import metrics as M
 from pipelines.distributed import broadcast_from_rank0, gather_to_rank0, init_distributed, mean_over_ranks
 from ranker import export
@@ -52,7 +57,7 @@ from ranker.sharding import CPU_SHARDING_TYPES, SHARDING_TYPES, build_optimizers
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
-COMPLETE = "COMPLETE"
+FAULT_ENV = "RANKER_FAULT"  # test hook, see _fault
 
 
 @dataclass(frozen=True)
@@ -91,9 +96,11 @@ class TrainConfig:
     tracking: bool = True  # log to MLflow (rank 0)
     experiment: str = "hiformer-ranker"
     keep_checkpoints: int = 2  # newest complete checkpoints kept (the best one is always kept too)
+    dist_timeout: int = 600  # seconds a collective may wait for a stuck or dead rank before the job fails
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "eval_batch_size", "epochs", "patience", "log_every", "keep_checkpoints")
+        positive += ("dist_timeout",)
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -122,9 +129,10 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
 def preflight(cfg: TrainConfig, resume: bool = False, cuda: bool | None = None) -> None:
     """Checks in the launching process what every rank would otherwise fail on, each with one clear message.
 
-    The feature folder (feature map and processed splits), the model (built on the ``meta`` device: interaction
-    and tower arguments, image data, pretrained tower file), sharding types for the device, and with ``resume`` a
-    complete checkpoint to resume from. Raises ``ValueError`` / ``FileNotFoundError``.
+    The feature folder (feature map, processed splits, and its data unchanged since the build), the model (built on
+    the ``meta`` device: interaction and tower arguments, image data, pretrained tower file), sharding types for the
+    device, and with ``resume`` a complete, intact checkpoint to resume from. Raises ``ValueError`` /
+    ``FileNotFoundError``.
     """
     features = Path(cfg.features)
     if not features.is_dir():
@@ -134,13 +142,19 @@ def preflight(cfg: TrainConfig, resume: bool = False, cuda: bool | None = None) 
     fmap = FeatureMap.load(features)
     for split in ("train", "valid", "test"):
         processed_files(features, split)
+    changed = steps.changed_inputs(((steps.read_manifest(features) or {}).get("results") or {}).get("inputs", {}))
+    if changed:
+        raise ValueError(
+            f"features: {features} no longer match their data, changed since the build: {', '.join(changed)}; "
+            "rebuild them with `ranker features build SCHEMA.yaml`"
+        )
     check_model_config(fmap, cfg.model, features)
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if not cuda and not set(cfg.sharding_types) <= set(CPU_SHARDING_TYPES):
         wrong = sorted(set(cfg.sharding_types) - set(CPU_SHARDING_TYPES))
         raise ValueError(f"sharding_types: {wrong} need CUDA; on CPU TorchRec offers {list(CPU_SHARDING_TYPES)}")
-    if resume and not _checkpoint_dirs(Path(cfg.out_dir) / CHECKPOINTS):
-        raise FileNotFoundError(f"{Path(cfg.out_dir) / CHECKPOINTS}: no complete checkpoint to resume from")
+    if resume:
+        checkpoints.newest_intact(Path(cfg.out_dir) / CHECKPOINTS)
 
 
 def seed_everything(seed: int) -> None:
@@ -196,28 +210,77 @@ def validate(model: torch.nn.Module, loader: RankLoader, device: torch.device, t
     return broadcast_from_rank0(result)
 
 
-def _checkpoint_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in root.glob("step-*") if (p / COMPLETE).exists())
+def _fault(where: str, step: int) -> None:
+    """Test hook injecting a real fault: ``RANKER_FAULT=KIND:RANK:STEP[:MARKER]``.
+
+    KIND ``kill`` (SIGKILL right after training step STEP), ``kill-saving`` (SIGKILL while saving the checkpoint
+    of step STEP, its files written but not sealed) or ``hang`` (sleep forever after step STEP) on rank RANK.
+    With MARKER (a file path) the fault fires once: only while MARKER does not exist, which it then creates.
+    """
+    spec = os.environ.get(FAULT_ENV, "")
+    if not spec:
+        return
+    kind, rank, at, *marker = spec.split(":", 3)
+    fires = {"kill": "step", "hang": "step", "kill-saving": "saving"}[kind] == where
+    if not fires or int(rank) != dist.get_rank() or int(at) != step:
+        return
+    if marker:
+        if Path(marker[0]).exists():
+            return
+        Path(marker[0]).touch()
+    print(f"[train] {FAULT_ENV}: rank {rank} {kind} at step {step}", flush=True)
+    if kind == "hang":
+        while True:
+            time.sleep(3600)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def save_checkpoint(
     root: Path, model: torch.nn.Module, optimizer: CombinedOptimizer, state: TrainerState, keep: int
 ) -> Path:
-    """Saves step ``state.step``; then keeps only the newest ``keep`` complete checkpoints plus the best one."""
+    """Saves step ``state.step``; then keeps only the newest ``keep`` complete checkpoints plus the best one.
+
+    The folder is sealed (checksums, then the ``COMPLETE`` marker) only once every rank wrote its part, so a save
+    cut short by a kill or a full disk leaves a folder that no resume takes. Raises ``OSError`` naming the folder
+    when a rank cannot write.
+    """
     path = root / f"step-{state.step:08d}"
-    dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=str(path))
+    if dist.get_rank() == 0 and path.exists():
+        shutil.rmtree(path)  # what an interrupted save of this step left, before a resume
+    dist.barrier()
+    try:
+        dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=str(path))
+        if dist.get_rank() == 0:
+            (path / STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
+            _fault("saving", state.step)
+            checkpoints.seal(path)
+    except (Exception, CheckpointException) as err:  # DCP's (a BaseException) holds every rank's OSError
+        previous = checkpoints.complete(root)
+        kept = f"the previous one, {previous[-1]}, is intact" if previous else "there is no previous one"
+        raise OSError(f"checkpoint {path}: could not be saved ({_root_cause(err)}); {kept}") from err
     if dist.get_rank() == 0:
-        (path / STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
-        (path / COMPLETE).touch()  # written last: a checkpoint without it was interrupted mid-save
         best = root / f"step-{state.best_step:08d}"
-        for old in _checkpoint_dirs(root)[:-keep]:
+        for old in checkpoints.complete(root)[:-keep]:
             if old != best:
                 shutil.rmtree(old)
     dist.barrier()
     return path
 
 
+def _root_cause(err: BaseException) -> str:
+    """The innermost cause's message (for DCP's wrapped per-rank failures, the rank's own ``OSError``)."""
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+    failures = getattr(err, "failures", None)  # CheckpointException: {rank: exception or traceback}
+    if failures:
+        rank, failure = sorted(failures.items())[0]
+        return f"rank {rank}: {failure[0] if isinstance(failure, tuple) else failure}"
+    return f"{type(err).__name__}: {err}"
+
+
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: CombinedOptimizer) -> TrainerState:
+    """Restores model, optimiser and trainer state; a damaged checkpoint raises ``DamagedCheckpoint`` naming a file."""
+    checkpoints.verify(path)
     optimizer.init_state()  # creates the dense optimizer's state tensors so that DCP can load into them
     state_dict = {"model": model.state_dict(), "optim": optimizer.state_dict()}
     dcp.load(state_dict, checkpoint_id=str(path))
@@ -298,10 +361,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at_step: int = 0) -> dict
 
     state = TrainerState()
     if resume:
-        done = _checkpoint_dirs(ckpt_root)
-        if not done:
-            raise FileNotFoundError(f"{ckpt_root}: no complete checkpoint to resume from")
-        state = load_checkpoint(done[-1], dmp, optimizer)
+        # Rank 0 checks the checksums once and reports a damaged newer checkpoint; every rank loads its choice.
+        start = broadcast_from_rank0(checkpoints.newest_intact(ckpt_root) if rank == 0 else None)
+        state = load_checkpoint(start, dmp, optimizer)
     tracker = _Tracker(cfg, enabled=rank == 0)
     if rank == 0:
         print(f"[train] {world} rank(s) on {device}; plan {describe_plan(dmp)}", flush=True)
@@ -329,6 +391,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at_step: int = 0) -> dict
                 torch.nn.utils.clip_grad_norm_(dense_params, cfg.optim.grad_clip)
             optimizer.step()
             state.step += 1
+            _fault("step", state.step)
             loss_sum, loss_n = loss_sum + float(loss.detach()), loss_n + 1
             window_sum, window_n = window_sum + float(loss.detach()), window_n + 1
             if state.step % cfg.log_every == 0:
@@ -373,6 +436,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at_step: int = 0) -> dict
         "history": state.history,
     }
     if rank == 0:
+        checkpoints.verify(best)
         export_dir = export.export_checkpoint(
             best, fmap, features, cfg.model, to_dict(cfg), out_dir / "export", item_embeddings
         )
@@ -388,6 +452,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at_step: int = 0) -> dict
     return broadcast_from_rank0(results)
 
 
+@record  # a rank's exception goes to torchrun's error file, which the launcher's failure line quotes
 def main(argv: list[str] | None = None) -> int:
     """Entry point of one rank under torchrun."""
     parser = argparse.ArgumentParser(description="one training rank (launch with `ranker train`)")
@@ -405,9 +470,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, parse_overrides(args.set))
     default_threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", default_threads)))
-    init_distributed()
+    # torchrun --max-restarts starts the ranks again after one died: they continue from the last checkpoint.
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0
+    resume = args.resume or (restarted and bool(checkpoints.complete(Path(cfg.out_dir) / CHECKPOINTS)))
+    init_distributed(cfg.dist_timeout)
     try:
-        train(cfg, resume=args.resume, stop_at_step=args.stop_at_step)
+        train(cfg, resume=resume, stop_at_step=args.stop_at_step)
         dist.barrier()
     finally:
         dist.destroy_process_group()

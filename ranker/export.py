@@ -16,6 +16,7 @@ Layout of an export directory::
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 import warnings
 from pathlib import Path
@@ -49,29 +50,46 @@ def export_checkpoint(
     """Reads a (possibly sharded) DCP checkpoint of a ``RankerTrain`` into an unsharded CPU export.
 
     ``item_embeddings``: the frozen tower's catalogue embeddings the model was trained with (frozen towers only).
+    The export is written into a temporary sibling folder and renamed onto ``out_dir`` only once complete, so a
+    failure (a full disk) never leaves a folder that looks finished; a previous export stays until replaced.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fine_tuned = model_cfg.vision is not None and not model_cfg.vision.frozen
-    images = np.asarray(np.load(features_dir / IMAGES, mmap_mode="r")) if fine_tuned else None
-    template = RankerTrain(build_ranker(fmap, model_cfg, images, item_embeddings=item_embeddings))
-    state = {"model": template.state_dict()}
-    # DCP reassembles table-/column-wise shards into the full tensors of the unsharded template.
-    with warnings.catch_warnings():
-        # DCP warns that it assumes a single-process load even when asked for exactly that (no_dist=True).
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
-        dcp.load(state, checkpoint_id=str(checkpoint), no_dist=True)
-    ranker_state = {k.removeprefix(_TRAIN_PREFIX): v for k, v in state["model"].items()}
-    torch.save(ranker_state, out_dir / MODEL_FILE)
-    (out_dir / "model_config.json").write_text(json.dumps(to_dict(model_cfg), indent=2) + "\n")
-    (out_dir / "train_config.json").write_text(json.dumps(train_cfg, indent=2, default=str) + "\n")
-    shutil.copyfile(features_dir / FEATURE_MAP, out_dir / FEATURE_MAP)
-    if (features_dir / "vocab").exists():
-        shutil.copytree(features_dir / "vocab", out_dir / "vocab", dirs_exist_ok=True)
-    for name in (TRAIN_ITEMS, ITEMS, *((IMAGES,) if fine_tuned else ())):
-        if (features_dir / name).exists():
-            shutil.copyfile(features_dir / name, out_dir / name)
-    if item_embeddings is not None:
-        np.save(out_dir / ITEM_EMBEDDINGS, np.asarray(item_embeddings, dtype=np.float32))
+    partial = out_dir.parent / f".{out_dir.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        partial.mkdir(parents=True)
+        fine_tuned = model_cfg.vision is not None and not model_cfg.vision.frozen
+        images = np.asarray(np.load(features_dir / IMAGES, mmap_mode="r")) if fine_tuned else None
+        template = RankerTrain(build_ranker(fmap, model_cfg, images, item_embeddings=item_embeddings))
+        state = {"model": template.state_dict()}
+        # DCP reassembles table-/column-wise shards into the full tensors of the unsharded template.
+        with warnings.catch_warnings():
+            # DCP warns that it assumes a single-process load even when asked for exactly that (no_dist=True).
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+            dcp.load(state, checkpoint_id=str(checkpoint), no_dist=True)
+        ranker_state = {k.removeprefix(_TRAIN_PREFIX): v for k, v in state["model"].items()}
+        try:
+            torch.save(ranker_state, partial / MODEL_FILE)
+            (partial / "model_config.json").write_text(json.dumps(to_dict(model_cfg), indent=2) + "\n")
+            (partial / "train_config.json").write_text(json.dumps(train_cfg, indent=2, default=str) + "\n")
+            shutil.copyfile(features_dir / FEATURE_MAP, partial / FEATURE_MAP)
+            if (features_dir / "vocab").exists():
+                shutil.copytree(features_dir / "vocab", partial / "vocab", dirs_exist_ok=True)
+            for name in (TRAIN_ITEMS, ITEMS, *((IMAGES,) if fine_tuned else ())):
+                if (features_dir / name).exists():
+                    shutil.copyfile(features_dir / name, partial / name)
+            if item_embeddings is not None:
+                np.save(partial / ITEM_EMBEDDINGS, np.asarray(item_embeddings, dtype=np.float32))
+        except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError of its writer
+            free = shutil.disk_usage(partial).free
+            raise OSError(
+                f"export {out_dir}: could not be written ({type(err).__name__}: {str(err).splitlines()[0]}; "
+                f"{free:,} bytes free on its file system); nothing was left there, a previous export is unchanged"
+            ) from err
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        partial.rename(out_dir)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return out_dir
 
 
@@ -91,6 +109,22 @@ def load_exported(export_dir: str | Path) -> Ranker:
     dense_dtype = read_dense_dtype(export_dir)  # compression.json of `ranker compress`, if any
     if dense_dtype != "float32":
         apply_dense_dtype(model, dense_dtype)
-    state = torch.load(export_dir / MODEL_FILE, map_location="cpu", weights_only=True)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(_load_state(export_dir / MODEL_FILE, set(model.state_dict())), strict=True)
     return model.eval()
+
+
+def _load_state(path: Path, expected: set[str]) -> dict[str, torch.Tensor]:
+    """The state dict in ``path``, refused with a clear ``ValueError`` unless it is tensors under ``expected`` names."""
+    what = f"{path} is not the model file of this export"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never runs code from the file
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        raise ValueError(f"{what}: it does not load as plain tensors ({str(err).splitlines()[0]})") from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{what}: it holds a {type(state).__name__}, not a state dict of tensors")
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"{what}: {len(missing)} weight(s) missing {missing[:3]}, {len(unexpected)} unknown {unexpected[:3]}"
+        )
+    return state
