@@ -97,6 +97,12 @@ def _attention(model: Ranker) -> AttentionInteraction | None:
     return model.interaction if isinstance(model.interaction, AttentionInteraction) else None
 
 
+def last_layer_pruned(model: Ranker) -> bool:
+    """Whether the model's last attention layer already updates the task tokens only."""
+    attention = _attention(model)
+    return attention is not None and attention.layers[-1].query.out_tokens == attention.num_tasks
+
+
 def prune_last_layer(model: Ranker, cfg: ModelConfig, build: Any) -> tuple[Ranker, ModelConfig]:
     """The model with its last attention layer pruned to the task tokens (exact).
 
@@ -105,8 +111,7 @@ def prune_last_layer(model: Ranker, cfg: ModelConfig, build: Any) -> tuple[Ranke
     attention = _attention(model)
     if attention is None:
         raise ValueError(f"prune_last: {cfg.interaction!r} has no attention layers to prune")
-    last = attention.layers[-1]
-    if last.query.out_tokens == attention.num_tasks:
+    if last_layer_pruned(model):
         raise ValueError("prune_last: the last layer is already pruned to the task tokens")
     kwargs = cfg.chosen_kwargs() | {"prune_last": True}
     new_cfg = replace(cfg, interaction_kwargs={**cfg.interaction_kwargs, cfg.interaction: kwargs})
@@ -245,7 +250,10 @@ def compress_model(
     """Applies the techniques of ``cfg`` to a copy of ``model``; returns the model, its config and what was done."""
     model = copy.deepcopy(model).eval()
     applied: dict[str, Any] = {"parameters_before": count_parameters(model)}
-    if cfg.prune_last:
+    if cfg.prune_last and last_layer_pruned(model):
+        # Hiformer's registered default trains with the last layer pruned: nothing is left to prune.
+        applied["prune_last"] = "already pruned when trained"
+    elif cfg.prune_last:
         model, model_cfg = prune_last_layer(model, model_cfg, build)
         applied["prune_last"] = True
     if cfg.low_rank is not None:

@@ -331,7 +331,9 @@ def test_no_secrets_in_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     from pipelines import tracking
 
     monkeypatch.setenv("RANKER_RUNS", str(tmp_path / "runs"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI to the process environment; setting it through
+    # monkeypatch first makes the teardown remove it again, so later tests' subprocesses do not inherit this store.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking.default_uri(tmp_path / "runs"))
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret-value")
     params = {"db": {"password": "pw-value", "host": "127.0.0.1"}, "api_token": "tok-value", "lr": 0.1}
     run = tracking.start_run("secrets", tmp_path / "out")

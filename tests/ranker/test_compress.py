@@ -18,12 +18,12 @@ import yaml
 from features.loader import RankLoader
 from features.processor import FeatureMap, fit, processed_files, transform
 from features.schema import load_schema
-from features.strict_yaml import ConfigError
+from features.strict_yaml import ConfigError, from_dict
 from pipelines.compress import compress_export, load_compress_config
 from pipelines.evaluate import evaluate_model
 from pipelines.metrics import EvalConfig
 from ranker.build import ModelConfig, build_ranker
-from ranker.compress import CompressConfig, FinetuneConfig, LowRankConfig, ServeConfig
+from ranker.compress import CompressConfig, FinetuneConfig, LowRankConfig, ServeConfig, compress_model
 from ranker.export import export_checkpoint, load_exported
 from ranker.model import RankerTrain
 from ranker.serving import Scorer, TensorRanker
@@ -71,6 +71,17 @@ def test_prune_last_is_exact(exported, tmp_path: Path) -> None:
         torch.testing.assert_close(after(batch), before(batch), rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="already compressed"):
         compress_export(tmp_path / "p", CompressConfig(prune_last=True), tmp_path / "p2")
+
+
+def test_prune_last_on_a_model_trained_pruned_is_recorded_not_an_error(exported, tmp_path: Path) -> None:
+    """The README's example compresses the demo's Hiformer, which trains with its last layer pruned already."""
+    export_dir, features = exported
+    pruned = compress_export(export_dir, CompressConfig(prune_last=True, serve=NO_SERVE), tmp_path / "p")
+    assert pruned["results"]["applied"]["prune_last"] is True
+    cfg = from_dict(ModelConfig, json.loads((tmp_path / "p" / "model_config.json").read_text()))
+    model, _, applied = compress_model(load_exported(tmp_path / "p"), cfg, CompressConfig(prune_last=True), None)
+    assert applied["prune_last"] == "already pruned when trained"
+    assert model.interaction.layers[-1].query.out_tokens == 1
 
 
 def test_low_rank_exact_at_full_rank_and_smaller_by_energy(exported, tmp_path: Path) -> None:
