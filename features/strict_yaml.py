@@ -127,3 +127,14 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: to_dict(v) for k, v in obj.items()}
     return obj
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``key.sub=value`` strings (values parsed as YAML scalars) -> a dotted-key mapping for :func:`load_yaml`."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out

@@ -153,21 +153,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
+    from features.strict_yaml import parse_overrides
     from pipelines.compress import compress_export, load_compress_config
 
-    overrides = dict(kv.split("=", 1) for kv in args.set)
-    cfg = load_compress_config(args.config, {k: _yaml_value(v) for k, v in overrides.items()})
+    cfg = load_compress_config(args.config, parse_overrides(args.set))
     manifest = compress_export(args.model, cfg, args.out, force=args.force)
     res = manifest["results"]
     print(f"compressed: {args.out} ({res['parameters']:,} parameters, model.pt {res['model_bytes']:,} bytes)")
     _print_json(res["applied"])
     return 0
-
-
-def _yaml_value(text: str) -> Any:
-    import yaml
-
-    return yaml.safe_load(text)
 
 
 def _cmd_pretrain_tower(args: argparse.Namespace) -> int:

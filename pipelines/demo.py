@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from features.processor import FEATURE_MAP
-from features.strict_yaml import to_dict
+from features.strict_yaml import parse_overrides, to_dict
 from pipelines.build_features import build_features
 from pipelines.data import build_dataset
 from pipelines.evaluate import evaluate_model
 from pipelines.launch import launch_training
-from pipelines.train import load_config, parse_overrides
+from pipelines.train import load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
 TOWER = "caformer_fm"

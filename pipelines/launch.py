@@ -94,7 +94,8 @@ def launch_training(
     :func:`failure_line`. ``max_restarts``: torchrun restarts all ranks up to this many times after a failure; the
     restarted ranks continue from the last complete checkpoint.
     """
-    from pipelines.train import load_config, parse_overrides, preflight
+    from features.strict_yaml import parse_overrides
+    from pipelines.train import load_config, preflight
 
     if nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {nproc}")

@@ -45,7 +45,7 @@ from features.batch import RankBatch
 from features.images import load_images
 from features.loader import RankLoader
 from features.processor import FeatureMap, processed_files
-from features.strict_yaml import load_yaml, to_dict
+from features.strict_yaml import load_yaml, parse_overrides, to_dict
 from pipelines import checkpoints, steps
 from pipelines import metrics as M
 from pipelines.distributed import broadcast_from_rank0, gather_to_rank0, init_distributed, mean_over_ranks
@@ -99,8 +99,15 @@ class TrainConfig:
     dist_timeout: int = 600  # seconds a collective may wait for a stuck or dead rank before the job fails
 
     def __post_init__(self) -> None:
-        positive = ("batch_size", "eval_batch_size", "epochs", "patience", "log_every", "keep_checkpoints")
-        positive += ("dist_timeout",)
+        positive = (
+            "batch_size",
+            "eval_batch_size",
+            "epochs",
+            "patience",
+            "log_every",
+            "keep_checkpoints",
+            "dist_timeout",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -492,19 +499,6 @@ def _exit_without_finalizers(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``key.sub=value`` strings (values parsed as YAML scalars) -> a dotted-key mapping."""
-    import yaml
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} is not KEY=VALUE")
-        out[key] = yaml.safe_load(value)
-    return out
 
 
 if __name__ == "__main__":

@@ -218,12 +218,21 @@ class Ranker(nn.Module):
 
     def tokens(self, batch: RankBatch) -> torch.Tensor:
         """``B x T x D`` interaction input."""
+        return self.join_tokens(batch.dense, self.sparse_arch(batch.sparse), batch.image_index)
+
+    def join_tokens(
+        self, dense: torch.Tensor | None, sparse_tokens: torch.Tensor, image_index: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``B x Fd`` dense features, ``B x F x D`` pooled sparse tokens and ``B`` image rows -> ``B x T x D``,
+        in the fixed token order (dense, sparse, image); also used by the serving wrappers."""
         parts = []
         if self.dense_arch is not None:
-            parts.append(self.dense_arch(batch.dense))
-        parts.append(self.sparse_arch(batch.sparse))
+            assert dense is not None, "the model has dense features"
+            parts.append(self.dense_arch(dense))
+        parts.append(sparse_tokens)
         if self.vision_arch is not None:
-            parts.append(self.vision_arch(batch.image_index))
+            assert image_index is not None, "the model has an image arch"
+            parts.append(self.vision_arch(image_index))
         return torch.cat(parts, dim=1)  # (B, T, D)
 
     def forward(self, batch: RankBatch) -> torch.Tensor:

@@ -51,14 +51,7 @@ class TensorRanker(nn.Module):
     def forward(self, dense: Tensor, values: Tensor, lengths: Tensor, image_index: Tensor | None = None) -> Tensor:
         m = self.model
         kjt = KeyedJaggedTensor(keys=self.keys, values=values, lengths=lengths)
-        parts = []
-        if m.dense_arch is not None:
-            parts.append(m.dense_arch(dense))
-        parts.append(m.sparse_arch(kjt))
-        if m.vision_arch is not None:
-            assert image_index is not None
-            parts.append(m.vision_arch(image_index))
-        return m.score_tokens(torch.cat(parts, dim=1))
+        return m.score_tokens(m.join_tokens(dense, m.sparse_arch(kjt), image_index))
 
 
 def example_inputs(model: Ranker, batch: int = 8, multi: Sequence[bool] | None = None) -> tuple[Tensor, ...]:
@@ -178,13 +171,6 @@ class Scorer:
             values, lengths = candidates[name]
             pooled[name] = self._pool(name, values.to(torch.int64), lengths.to(torch.int64))  # (C, D)
         sparse = torch.stack([pooled[n] for n in m.sparse_arch.feature_names], dim=1)  # (C, F, D)
-        parts = []
-        if m.dense_arch is not None:
-            assert dense is not None, "the model has dense features"
-            tokens = m.dense_arch(dense)
-            parts.append(tokens.expand(count, -1, -1) if tokens.shape[0] == 1 else tokens)
-        parts.append(sparse)
-        if m.vision_arch is not None:
-            assert image_index is not None, "the model has an image arch"
-            parts.append(m.vision_arch(image_index))
-        return m.score_tokens(torch.cat(parts, dim=1))
+        if dense is not None and dense.shape[0] == 1:
+            dense = dense.expand(count, -1)  # request-level dense features, one row for every candidate
+        return m.score_tokens(m.join_tokens(dense, sparse, image_index))
