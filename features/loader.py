@@ -49,17 +49,20 @@ class BatchBuilder:
 
     Args:
         fmap: the fitted feature map (which columns are sparse single/multi, dense, labels).
-        available: the processed columns present (item/image columns are optional).
+        available: the processed columns present (labels, group, item and image columns are optional: scoring
+            raw rows has no labels, and batches then carry zeros there and -1 for absent ids).
     """
 
     def __init__(self, fmap: FeatureMap, available: Sequence[str]) -> None:
         self.sparse = [(s.name, s.kind == "multi") for s in fmap.sparse]
         self.dense = fmap.dense_names
         self.labels = fmap.label_names
+        self.has_labels = all(name in available for name in self.labels)
+        self.has_group = "group_id" in available
         self.has_item = "item_id" in available
         self.has_image = "image_index" in available
-        self.columns = [n for n, _ in self.sparse] + self.dense + self.labels + ["group_id"]
-        self.columns += [c for c in ("item_id", "image_index", "is_cold") if c in available]
+        self.columns = [n for n, _ in self.sparse] + self.dense + (self.labels if self.has_labels else [])
+        self.columns += [c for c in ("group_id", "item_id", "image_index", "is_cold") if c in available]
 
     def __call__(self, table: pa.Table, weights: np.ndarray | None = None) -> RankBatch:
         n = table.num_rows
@@ -86,8 +89,8 @@ class BatchBuilder:
         dense = np.empty((n, len(self.dense)), dtype=np.float32)  # (B, Fd)
         for j, name in enumerate(self.dense):
             dense[:, j] = _column(table, name)
-        labels = np.empty((n, len(self.labels)), dtype=np.float32)  # (B, K)
-        for j, name in enumerate(self.labels):
+        labels = np.zeros((n, len(self.labels)), dtype=np.float32)  # (B, K)
+        for j, name in enumerate(self.labels if self.has_labels else ()):
             labels[:, j] = _column(table, name)
         minus_one = np.full(n, -1, dtype=np.int64)
         return RankBatch(
@@ -95,7 +98,9 @@ class BatchBuilder:
             sparse=kjt,
             labels=torch.from_numpy(labels),
             weights=torch.from_numpy(np.ones(n, np.float32) if weights is None else weights),
-            group_ids=torch.from_numpy(_column(table, "group_id").astype(np.int64)),
+            group_ids=torch.from_numpy(
+                _column(table, "group_id").astype(np.int64) if self.has_group else minus_one.copy()
+            ),
             item_ids=torch.from_numpy(_column(table, "item_id").astype(np.int64) if self.has_item else minus_one),
             image_index=torch.from_numpy(
                 _column(table, "image_index").astype(np.int64) if self.has_image else minus_one.copy()

@@ -14,9 +14,10 @@ schema's ``entities``); ``slice_<column>`` per slice column (raw values), and th
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from features.schema import FIRST_ID, MISSING_ID, OOV_ID, Label, Schema, SparseF
 from features.validate import (
     REASON_COLUMN,
     ROW_COLUMN,
+    DataError,
     check_file,
     raise_for_problems,
     row_problem,
@@ -113,6 +115,16 @@ class FeatureMap:
     positive_rate: dict[str, float]
     label_rules: tuple[str, ...] = ()  # e.g. "rating >= 4"; empty in feature maps written before label rules
     cold_entities: tuple[str, ...] = ()
+    # Polars type of each raw input column in training (``input_columns``); empty in older feature maps.
+    input_dtypes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def input_columns(self) -> list[str]:
+        """Raw columns a model of this map reads: sparse and dense sources, and the item of an image model."""
+        columns = [s.column for s in self.sparse] + [d.column for d in self.dense]
+        if self.num_images and self.item:
+            columns.append(self.item)
+        return list(dict.fromkeys(columns))
 
     @property
     def sparse_names(self) -> list[str]:
@@ -303,8 +315,21 @@ def fit(schema: Schema, out_dir: Path) -> FeatureMap:
         label_rules=tuple(lb.rule for lb in schema.labels),
         cold_entities=tuple(entities),
     )
+    train_schema = train.collect_schema()
+    fmap = replace(fmap, input_dtypes={c: str(train_schema[c]) for c in fmap.input_columns})
     fmap.save(out_dir)
     return fmap
+
+
+def _read_parquet(path: Path) -> pl.DataFrame:
+    """A small fitted table (vocabulary, train items), read once per version of the file: serving calls often."""
+    stat = path.stat()
+    return _read_parquet_version(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _read_parquet_version(path: str, mtime_ns: int, size: int) -> pl.DataFrame:
+    return pl.read_parquet(path)
 
 
 def _sparse_expr(state: SparseState, out_dir: Path, lf: pl.LazyFrame, seed: int) -> pl.Expr:
@@ -318,7 +343,7 @@ def _sparse_expr(state: SparseState, out_dir: Path, lf: pl.LazyFrame, seed: int)
     else:
         if state.encoding == "vocab":
             assert state.vocab_file is not None, f"vocab feature {state.name} has no vocab file"
-            vocab = pl.read_parquet(out_dir / state.vocab_file)
+            vocab = _read_parquet(out_dir / state.vocab_file)
             old, new = vocab["value"], vocab["id"]
         else:
             sf = SparseFeature(
@@ -336,29 +361,35 @@ def _sparse_expr(state: SparseState, out_dir: Path, lf: pl.LazyFrame, seed: int)
     return pl.when(empty).then(pl.lit([MISSING_ID], dtype=pl.List(pl.Int64))).otherwise(listed).alias(state.name)
 
 
-def _output_exprs(
-    fmap: FeatureMap, labels: tuple[Label, ...], out_dir: Path, lf: pl.LazyFrame, items: pl.DataFrame | None
-) -> list[pl.Expr]:
+def _model_input_exprs(fmap: FeatureMap, out_dir: Path, lf: pl.LazyFrame) -> list[pl.Expr]:
+    """Sparse ids and standardised dense values: the processed columns the model's embeddings and MLPs read."""
     exprs = [_sparse_expr(s, out_dir, lf, fmap.hash_seed) for s in fmap.sparse]
-    exprs += [
+    return exprs + [
         ((_dense_expr(d.column, d.transform, d.fill_null) - d.mean) / d.std).cast(pl.Float32).alias(d.name)
         for d in fmap.dense
     ]
-    exprs += [label_expr(lb).alias(name) for lb, name in zip(labels, fmap.label_names, strict=True)]
-    group = pl.col(fmap.group)
+
+
+def _key_exprs(fmap: FeatureMap, out_dir: Path, lf: pl.LazyFrame, items: pl.DataFrame | None) -> list[pl.Expr]:
+    """``group_id``, and with an item column ``item_id``, ``image_index`` (image models) and ``is_cold``."""
+    exprs = []
     lf_schema = lf.collect_schema()
-    if lf_schema[fmap.group].is_integer():
-        exprs.append(group.cast(pl.Int64).alias("group_id"))
-    else:
-        uniques = lf.select(group.unique()).collect()[fmap.group]
-        exprs.append(
-            group.cast(pl.String)
-            .replace_strict(uniques.cast(pl.String), stable_group_id(uniques, fmap.hash_seed), return_dtype=pl.Int64)
-            .alias("group_id")
-        )
-    if fmap.item:
+    if fmap.group in lf_schema:
+        group = pl.col(fmap.group)
+        if lf_schema[fmap.group].is_integer():
+            exprs.append(group.cast(pl.Int64).alias("group_id"))
+        else:
+            uniques = lf.select(group.unique()).collect()[fmap.group]
+            exprs.append(
+                group.cast(pl.String)
+                .replace_strict(
+                    uniques.cast(pl.String), stable_group_id(uniques, fmap.hash_seed), return_dtype=pl.Int64
+                )
+                .alias("group_id")
+            )
+    if fmap.item and fmap.item in lf_schema:
         item = pl.col(fmap.item)
-        train_items = pl.read_parquet(out_dir / TRAIN_ITEMS)[fmap.item]
+        train_items = _read_parquet(out_dir / TRAIN_ITEMS)[fmap.item]
         exprs.append(item.cast(pl.Int64).alias("item_id"))
         if items is not None:
             exprs.append(
@@ -367,6 +398,15 @@ def _output_exprs(
                 )
             )
         exprs.append((~item.is_in(train_items.implode())).alias("is_cold"))
+    return exprs
+
+
+def _output_exprs(
+    fmap: FeatureMap, labels: tuple[Label, ...], out_dir: Path, lf: pl.LazyFrame, items: pl.DataFrame | None
+) -> list[pl.Expr]:
+    exprs = _model_input_exprs(fmap, out_dir, lf)
+    exprs += [label_expr(lb).alias(name) for lb, name in zip(labels, fmap.label_names, strict=True)]
+    exprs += _key_exprs(fmap, out_dir, lf, items)
     for entity in fmap.cold_entities:
         seen = pl.read_parquet(out_dir / TRAIN_VALUES / f"{entity}.parquet")[entity]
         exprs.append((~pl.col(entity).is_in(seen.implode())).alias(f"{COLD_PREFIX}{entity}"))
@@ -376,6 +416,74 @@ def _output_exprs(
     if clashes:
         raise ValueError(f"passthrough column(s) {clashes} clash with processed column names")
     return exprs + [pl.col(c) for c in fmap.passthrough]
+
+
+def model_inputs(fmap: FeatureMap, out_dir: Path, frame: pl.DataFrame, items: pl.DataFrame | None) -> pl.DataFrame:
+    """Processed model inputs of raw rows (no labels needed), as :class:`features.loader.BatchBuilder` reads them.
+
+    ``frame`` holds ``fmap.input_columns`` already in their training types (:func:`conform_inputs`); the group and
+    item keys are processed when present. ``out_dir`` is the feature folder or an export (vocabularies, train items).
+    """
+    lf = frame.lazy()
+    return lf.select(_model_input_exprs(fmap, out_dir, lf) + _key_exprs(fmap, out_dir, lf, items)).collect()
+
+
+_SCALAR_TYPES = {str(t): t for t in (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32,
+                                        pl.UInt64, pl.Float32, pl.Float64, pl.String, pl.Boolean)}  # fmt: skip
+
+
+def _parse_dtype(text: str) -> pl.DataType:
+    """The polars type written as ``str(dtype)`` in a feature map (``List(String)``, ``Int64``, ...)."""
+    if text.startswith("List(") and text.endswith(")"):
+        return pl.List(_parse_dtype(text[5:-1]))
+    if text.startswith("Categorical"):
+        return pl.String
+    return _SCALAR_TYPES[text]
+
+
+def _type_family(dtype: pl.DataType) -> str:
+    if isinstance(dtype, pl.List):
+        return f"list of {_type_family(dtype.inner)}"
+    if dtype.is_integer():
+        return "integer"
+    if dtype.is_float():
+        return "float"
+    if dtype in (pl.String, pl.Categorical):
+        return "string"
+    return str(dtype)
+
+
+def conform_inputs(fmap: FeatureMap, frame: pl.DataFrame, where: str) -> pl.DataFrame:
+    """``frame``'s model input columns in their training types; other columns are left out.
+
+    Raises :class:`DataError` naming ``where`` and the column when one is missing or its type cannot stand for the
+    training type: an integer where training saw strings (ids would never match the vocabulary) or a list where it
+    saw a scalar. Integers of another width, and integers for a float column, are cast; an all-null column is the
+    training type with every value missing (mapped to the missing id / the fill value).
+    """
+    missing = [c for c in fmap.input_columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{where}: missing column(s) {missing}; the model reads {fmap.input_columns}")
+    dense = {d.column for d in fmap.dense} | {s.column for s in fmap.sparse if s.encoding == "bucket"}
+    out = []
+    for column in fmap.input_columns:
+        got = frame.schema[column]
+        if column not in fmap.input_dtypes:  # a feature map written before input types were recorded
+            out.append(pl.col(column))
+            continue
+        want = _parse_dtype(fmap.input_dtypes[column])
+        same = _type_family(got) == _type_family(want)
+        numeric = column in dense and (got.is_numeric() or got == pl.Boolean) and want.is_numeric()
+        if not (same or numeric or got == pl.Null or (isinstance(got, pl.List) and got.inner == pl.Null)):
+            raise DataError(
+                f"{where}: column {column!r} has type {got} ({_type_family(got)}); "
+                f"the model was trained on {want} ({_type_family(want)})"
+            )
+        out.append(pl.col(column).cast(want))
+    try:
+        return frame.select(out)
+    except pl.exceptions.InvalidOperationError as err:  # e.g. an integer beyond the training type's range
+        raise DataError(f"{where}: {str(err).splitlines()[0]}") from err
 
 
 @dataclass(frozen=True)

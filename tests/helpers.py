@@ -159,3 +159,42 @@ def write_raw_tables(folder: Path, n: int = 2000, seed: int = 0, **schema_overri
     schema_path = folder / "schema.yaml"
     schema_path.write_text(yaml.safe_dump({**RAW_SCHEMA, **schema_overrides}, sort_keys=False))
     return schema_path
+
+
+def two_task_schema(path: Path) -> Path:
+    """The tiny data set at ``path`` (its schema.yaml) with a second label, so paths run multi-task."""
+    for split in ("train", "valid", "test"):
+        part = path.parent / f"{split}.parquet"
+        df = pl.read_parquet(part)
+        df.with_columns(((pl.col("price") > 8) & (pl.col("click") == 1)).cast(pl.Int8).alias("buy")).write_parquet(part)
+    data = yaml.safe_load(path.read_text())
+    data["labels"].append({"name": "buy", "column": "buy"})
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def build_tiny_export(root: Path) -> tuple[Path, Path]:
+    """An export (untrained Hiformer, seed 0, two tasks) of the tiny data set under ``root``: (export, features).
+
+    ``root/raw`` holds the raw splits; ``root/features`` the fitted map and the processed train and test splits.
+    """
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    from features.processor import fit, transform
+    from features.schema import load_schema
+    from ranker.build import ModelConfig, build_ranker
+    from ranker.export import export_checkpoint
+    from ranker.model import RankerTrain
+
+    schema = load_schema(two_task_schema(write_tiny_dataset(root / "raw", n=400)))
+    features = root / "features"
+    fmap = fit(schema, features)
+    for split in ("train", "test"):
+        transform(schema, features, split, fmap, row_group_size=32)
+    cfg = ModelConfig(embedding_dim=8, interaction_kwargs={"hiformer": {"num_layers": 1}})
+    torch.manual_seed(0)
+    model = RankerTrain(build_ranker(fmap, cfg))
+    dcp.save({"model": model.state_dict()}, checkpoint_id=str(root / "ckpt"), no_dist=True)
+    export_checkpoint(root / "ckpt", fmap, features, cfg, {"note": "test"}, root / "run" / "export")
+    return root / "run" / "export", features

@@ -9,8 +9,6 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-import torch.distributed.checkpoint as dcp
-import yaml
 from sklearn.metrics import roc_auc_score
 
 from features.loader import RankLoader
@@ -19,39 +17,16 @@ from features.schema import load_schema
 from pipelines.evaluate import evaluate_model
 from pipelines.metrics import EvalConfig
 from ranker.build import ModelConfig, build_ranker
-from ranker.export import export_checkpoint, load_exported
+from ranker.export import load_exported
 from ranker.model import RankerTrain
-from tests.helpers import write_tiny_dataset
+from tests.helpers import build_tiny_export, write_tiny_dataset
 
 pytestmark = pytest.mark.e2e
 
 
-def _two_task_schema(path: Path) -> Path:
-    """The tiny data set with a second label, so the whole path runs multi-task."""
-    for split in ("train", "valid", "test"):
-        part = path.parent / f"{split}.parquet"
-        df = pl.read_parquet(part)
-        df.with_columns(((pl.col("price") > 8) & (pl.col("click") == 1)).cast(pl.Int8).alias("buy")).write_parquet(part)
-    data = yaml.safe_load(path.read_text())
-    data["labels"].append({"name": "buy", "column": "buy"})
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("eval")
-    schema = load_schema(_two_task_schema(write_tiny_dataset(root / "raw", n=400)))
-    features = root / "features"
-    fmap = fit(schema, features)
-    for split in ("train", "test"):
-        transform(schema, features, split, fmap, row_group_size=32)
-    cfg = ModelConfig(embedding_dim=8, interaction_kwargs={"hiformer": {"num_layers": 1}})
-    torch.manual_seed(0)
-    model = RankerTrain(build_ranker(fmap, cfg))
-    dcp.save({"model": model.state_dict()}, checkpoint_id=str(root / "ckpt"), no_dist=True)
-    export_checkpoint(root / "ckpt", fmap, features, cfg, {"note": "test"}, root / "run" / "export")
-    return root / "run" / "export", features
+    return build_tiny_export(tmp_path_factory.mktemp("eval"))
 
 
 def test_export_round_trips(exported) -> None:
