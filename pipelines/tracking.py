@@ -75,3 +75,91 @@ def log_artifact(path: Path) -> None:
 
 def end_run() -> None:
     mlflow.end_run()
+
+
+# -- Packaging: an export as an MLflow pyfunc model ------------------------------------------------------------------
+
+MODEL_NAME = "ranker"  # the LoggedModel's name within a run
+EXPORT_ARTIFACT = "export"  # key (and folder under the model's artifacts/) of the export folder
+_PYFUNC_PACKAGES = ("torch", "torchrec", "fbgemm-gpu-cpu", "polars", "pyarrow", "pandas", "numpy", "mlflow", "timm")
+
+
+class RankerPyfunc(mlflow.pyfunc.PythonModel):
+    """An export as a pyfunc model: raw columns in (pandas, as MLflow passes them), ``score_<task>`` columns out.
+
+    The export folder travels as the model's artifact; scoring is :class:`ranker.predict.Predictor`, the same
+    feature transform as training, so ``predict`` needs no labels and no feature build. Unknown categories map to the
+    out-of-vocabulary id; a missing column or a wrong type is a ``DataError`` naming the column.
+    """
+
+    def load_context(self, context: Any) -> None:
+        from ranker.predict import Predictor
+
+        self.predictor = Predictor(context.artifacts[EXPORT_ARTIFACT])
+
+    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+        import pandas as pd
+
+        scores = self.predictor.predict(model_input, where="model input")  # (B, K)
+        return pd.DataFrame({f"score_{t}": scores[:, k].astype("float64") for k, t in enumerate(self.predictor.tasks)})
+
+
+def _mlflow_type(dtype: str) -> Any:
+    from mlflow.types import DataType
+    from mlflow.types.schema import Array
+
+    if dtype.startswith("List("):
+        return Array(_mlflow_type(dtype[5:-1]))
+    if dtype.startswith(("Int", "UInt")):
+        return DataType.long
+    if dtype.startswith("Float"):
+        return DataType.double
+    if dtype == "Boolean":
+        return DataType.boolean
+    return DataType.string
+
+
+def model_signature(export_dir: Path) -> Any:
+    """Inputs: the export's raw input columns in their training types; outputs: one double score per task."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    from features.processor import FeatureMap
+
+    fmap = FeatureMap.load(export_dir)
+    if not fmap.input_dtypes:
+        raise ValueError(f"{export_dir}: the feature map predates recorded input types; rebuild the features")
+    inputs = Schema([ColSpec(_mlflow_type(fmap.input_dtypes[c]), c) for c in fmap.input_columns])
+    outputs = Schema([ColSpec("double", f"score_{t}") for t in fmap.labels])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def _requirements() -> list[str]:
+    from importlib import metadata
+
+    pins = []
+    for name in _PYFUNC_PACKAGES:
+        try:
+            pins.append(f"{name}=={metadata.version(name).split('+')[0]}")
+        except metadata.PackageNotFoundError:
+            continue
+    return pins
+
+
+def log_model(export_dir: Path, input_example: Any, registered_name: str | None = None) -> Any:
+    """Logs ``export_dir`` as a pyfunc LoggedModel (in the active run, if any); returns MLflow's ``ModelInfo``.
+
+    ``input_example``: a few raw rows (pandas) stored with the model; ``info.model_uri`` is ``models:/m-...``.
+    The project's packages travel as ``code_paths``, so a fresh process needs only the pinned requirements.
+    """
+    root = Path(__file__).resolve().parents[1]
+    return mlflow.pyfunc.log_model(
+        name=MODEL_NAME,
+        python_model=RankerPyfunc(),
+        artifacts={EXPORT_ARTIFACT: str(export_dir)},
+        signature=model_signature(export_dir),
+        input_example=input_example,
+        code_paths=[str(root / p) for p in ("features", "ranker", "vision_towers", "pipelines")],
+        pip_requirements=_requirements(),
+        registered_model_name=registered_name,
+    )
