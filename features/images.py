@@ -27,26 +27,42 @@ def _decode(data: bytes) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, H, W)
 
 
-def build(schema: Schema, out_dir: Path) -> pl.DataFrame:
-    """Validates the item images and writes ``images.npy`` + ``items.parquet`` (item_id, image_index)."""
+def _read_items(schema: Schema, with_images: bool) -> tuple[Path, pl.DataFrame]:
+    """The items table's path and its item id column (and image column), checked: readable, non-empty, unique ids."""
     spec = schema.image
-    assert spec is not None, "build() needs a schema with an image section"
+    assert spec is not None, "the schema has no image section"
     items_path = schema.resolve(spec.items)
     if not items_path.exists():
         raise DataError(f"{items_path}: items file not found")
+    needed = [spec.item_column] + ([spec.index_column if spec.array else spec.bytes_column] if with_images else [])
     try:
-        items = pl.read_parquet(items_path)
+        names = list(pl.read_parquet_schema(items_path))
+        items = pl.read_parquet(items_path, columns=list(dict.fromkeys(c for c in needed if c in names)))
     except Exception as err:  # polars raises several error types for unreadable files
         raise DataError(f"{items_path}: not a readable parquet file: {err}") from err
-    needed = [spec.item_column] + [spec.index_column if spec.array else spec.bytes_column]
-    missing = [c for c in needed if c not in items.columns]
+    missing = [c for c in needed if c not in names]
     if missing:
-        raise DataError(f"{items_path}: missing column(s) {missing}; the file has {items.columns}")
+        raise DataError(f"{items_path}: missing column(s) {missing}; the file has {names}")
     if items.height == 0:
         raise DataError(f"{items_path}: empty items table")
     dupes = items[spec.item_column].is_duplicated().sum()
     if dupes:
         raise DataError(f"{items_path}: column {spec.item_column!r}: {dupes} duplicated item id(s)")
+    return items_path, items
+
+
+def item_ids(schema: Schema) -> pl.Series:
+    """The item ids of the schema's image items table (checked as :func:`build` checks them), as Int64."""
+    spec = schema.image
+    assert spec is not None, "item_ids() needs a schema with an image section"
+    return _read_items(schema, with_images=False)[1][spec.item_column].cast(pl.Int64)
+
+
+def build(schema: Schema, out_dir: Path) -> pl.DataFrame:
+    """Validates the item images and writes ``images.npy`` + ``items.parquet`` (item_id, image_index)."""
+    spec = schema.image
+    assert spec is not None, "build() needs a schema with an image section"
+    items_path, items = _read_items(schema, with_images=True)
     ids = items[spec.item_column].cast(pl.Int64)
     if spec.array:
         array_path = schema.resolve(spec.array)

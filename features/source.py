@@ -2,10 +2,12 @@
 
 :func:`stage` reads the interactions and side tables with polars lazy scans, checks them where the user can fix
 them (messages name the user's file, column and row), joins the side tables many-to-one, parses the timestamp,
-derives columns from it, sets bad rows aside (``bad_rows: quarantine``, at most ``max_bad_share`` of the rows) and
-splits the good rows into ``out_dir/source/<split>.parquet``. It returns a schema in the ``files:`` form over those
-files, which the feature processor then fits and transforms like any already-split data, and a report for the
-manifest. Row accounting: rows in = rows in the splits + rows quarantined.
+derives columns from it, sets bad rows aside (``bad_rows: quarantine``, at most ``max_bad_share`` of the rows,
+overall and of each split) and splits the good rows into ``out_dir/source/<split>.parquet``. It returns a schema in
+the ``files:`` form over those files, which the feature processor then fits and transforms like any already-split
+data, and a report for the manifest. Every row check (the image items table's included) runs here, on the user's
+rows, so the processor's checks of the staged files find nothing. Row accounting: rows in = rows in the splits +
+rows quarantined.
 
 The joined interactions are held in memory while they are split (a split needs a global order or permutation).
 """
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from features import images
 from features.processor import label_expr
 from features.schema import SPLITS, Derived, Join, Schema, Source, Timestamp
 from features.validate import REASON_COLUMN, ROW_COLUMN, DataError, check_types, open_parquet, row_problem
@@ -47,7 +50,15 @@ def _open(schema: Schema, pattern: str, what: str) -> _Table:
     for f, cols in zip(files[1:], columns[1:], strict=True):
         if list(cols) != list(columns[0]):
             raise DataError(f"{f}: columns {list(cols)} differ from those of {files[0]}: {list(columns[0])}")
+        _check_same_types(f, cols, files[0], columns[0], list(cols))
     return _Table(files, columns[0], str(files[0]) if len(files) == 1 else str(schema.resolve(pattern)))
+
+
+def _check_same_types(path: Path, cols: pl.Schema, first: Path, first_cols: pl.Schema, names: list[str]) -> None:
+    """Stops when a column of ``names`` has another type in ``path`` than in ``first`` (the files are stacked)."""
+    for c in names:
+        if cols[c] != first_cols[c]:
+            raise DataError(f"{path}: column {c!r} has type {cols[c]}, but {first_cols[c]} in {first}")
 
 
 def _needed_columns(schema: Schema, source: Source) -> list[str]:
@@ -219,9 +230,7 @@ def _split_column(source: Source, good: pl.DataFrame, order: list[str]) -> pl.Da
     names = pl.Series(SPLITS)
     if split.kind == "temporal" and split.cutoffs:
         bounds = [_parse_cutoff(split.cutoffs[s]) for s in ("valid", "test")]
-        time = pl.col(TIME_COLUMN)
-        which = pl.when(time < bounds[0]).then(pl.lit("train")).when(time < bounds[1]).then(pl.lit("valid"))
-        good = good.sort(order).with_columns(which.otherwise(pl.lit("test")).alias(SPLIT_COLUMN))
+        good = good.sort(order).with_columns(_split_by_time(bounds))
     elif split.kind == "temporal":
         good = good.sort(order)
         good = good.with_columns(pl.Series(SPLIT_COLUMN, names.gather(np.searchsorted(cuts, np.arange(n), "right"))))
@@ -243,6 +252,30 @@ def _split_column(source: Source, good: pl.DataFrame, order: list[str]) -> pl.Da
     rank_of = {s: i for i, s in enumerate(SPLITS)}
     key = pl.col(SPLIT_COLUMN).replace_strict(rank_of, return_dtype=pl.Int8)
     return good.with_columns(key.alias("_split_rank")).sort("_split_rank", maintain_order=True).drop("_split_rank")
+
+
+def _split_by_time(starts: list[Any]) -> pl.Expr:
+    """The split of a row by its time, given the first times of valid and test (null where the time is null)."""
+    time = pl.col(TIME_COLUMN)
+    which = pl.when(time < starts[0]).then(pl.lit("train")).when(time < starts[1]).then(pl.lit("valid"))
+    return pl.when(time.is_not_null()).then(which.otherwise(pl.lit("test"))).alias(SPLIT_COLUMN)
+
+
+def _split_of_bad_rows(source: Source, good: pl.DataFrame, bad: pl.DataFrame) -> pl.DataFrame:
+    """``bad`` with the split each row would have joined, where that is known (else null), so that a split's
+    share of bad rows can be checked: by time for a temporal split, by the ``by`` value for a grouped random one.
+    """
+    split = source.split
+    if split.kind == "temporal":
+        if split.cutoffs:
+            starts = [_parse_cutoff(split.cutoffs[s]) for s in ("valid", "test")]
+        else:
+            starts = [good.filter(pl.col(SPLIT_COLUMN) == s)[TIME_COLUMN].min() for s in ("valid", "test")]
+        return bad.with_columns(_split_by_time(starts))
+    if split.by is not None:
+        keys = good.select(split.by, SPLIT_COLUMN).unique()
+        return bad.join(keys, on=split.by, how="left")
+    return bad.with_columns(pl.lit(None, dtype=pl.String).alias(SPLIT_COLUMN))  # a row's split is a random draw
 
 
 def _parse_cutoff(value: str) -> Any:
@@ -278,7 +311,9 @@ def _join(schema: Schema, source: Source) -> _Joined:
         if clash:
             raise DataError(f"{clash[0]}: derived column {d.name!r} would replace the column of that name")
     provider = _providers(needed, main, sides)
-    own = [c for c in needed if provider[c] == -1]
+    # Join keys are read from the interactions even when no feature uses them.
+    keys = [j.key for j in source.joins if j.key in main.columns and j.key not in provider]
+    own = [c for c in needed if provider[c] == -1] + list(dict.fromkeys(keys))
     where = {c: sides[i][1].label for c, i in provider.items() if i >= 0}
     frames, first_index = [], 0
     for split, table in parts:
@@ -288,6 +323,7 @@ def _join(schema: Schema, source: Source) -> _Joined:
             if missing:
                 raise DataError(f"{f}: missing column(s) {missing}; the file has {list(cols)}")
             check_types(f, cols, schema)
+            _check_same_types(f, cols, main.files[0], main.columns, own)
         scan = _scan(table, own, first_index)
         frames.append(scan if split is None else scan.with_columns(pl.lit(split).alias(SPLIT_COLUMN)))
         first_index += len(table.files)
@@ -309,7 +345,9 @@ def _join(schema: Schema, source: Source) -> _Joined:
         label = where.get(source.timestamp.column, main.label)
         joined = joined.with_columns(_time_expr(source.timestamp, key_types[source.timestamp.column], label))
         joined = joined.with_columns([_derived_expr(d) for d in source.derive])
-    problem = pl.coalesce(_source_problem(source, sides, where), row_problem(schema, None, where))
+    # The item check runs here, on the user's rows, so that its message names their file and row.
+    known_items = images.item_ids(schema) if schema.image else None
+    problem = pl.coalesce(_source_problem(source, sides, where), row_problem(schema, known_items, where))
     flagged = joined.with_columns(problem.alias(REASON_COLUMN)).collect()
     files = [f for _, t in parts for f in t.files]
     rows_in = sum(pl.scan_parquet(f).select(pl.len()).collect().item() for f in files)
@@ -338,13 +376,21 @@ def stage(schema: Schema, out_dir: Path) -> tuple[Schema, dict[str, Any]]:
     # File and row last: ties keep the input order, so the split does not depend on the join's output order.
     order = [TIME_COLUMN, schema.group] + ([schema.item] if schema.item else []) + [FILE_INDEX, ROW_COLUMN]
     good = _split_column(source, flagged.filter(pl.col(REASON_COLUMN).is_null()), order)
+    if source.split.kind != "files":  # a files split's shares were checked with the rest, before the split
+        attributed = pl.concat([good, _split_of_bad_rows(source, good, bad)], how="diagonal")
+        _check_bad_rows(schema, replace(joined, flagged=attributed))
     (out_dir / SOURCE_DIR).mkdir(parents=True, exist_ok=True)
     files, counts = {}, {}
     keep = list(dict.fromkeys(joined.needed + [d.name for d in source.derive]))
     for split in SPLITS:
         part = good.filter(pl.col(SPLIT_COLUMN) == split)
         if part.height == 0:
-            raise DataError(f"{joined.label}: split {split!r} is empty after the {source.split.kind} split")
+            ts = source.timestamp.column if source.timestamp else ""
+            cutoffs = f" at cutoffs {source.split.cutoffs} of column {ts!r}" if source.split.cutoffs else ""
+            raise DataError(
+                f"{joined.label}: split {split!r} is empty after the {source.split.kind} split{cutoffs} of "
+                f"{flagged.height - bad.height} good row(s)"
+            )
         path = out_dir / SOURCE_DIR / f"{split}.parquet"
         part.select(keep).write_parquet(path)
         files[split] = str(path.resolve())  # absolute: a relative --out would resolve against the schema
@@ -356,10 +402,10 @@ def stage(schema: Schema, out_dir: Path) -> tuple[Schema, dict[str, Any]]:
     rows_out = sum(c["rows"] for c in counts.values())
     if rows_out + bad.height != flagged.height:
         raise RuntimeError(f"source: {flagged.height} rows in but {rows_out} split + {bad.height} quarantined")
-    leak = None
+    leak, early, warnings = None, None, []
     if source.timestamp is not None:
-        times = [good.filter(pl.col(SPLIT_COLUMN) == s)[TIME_COLUMN] for s in SPLITS]
-        leak = bool(times[1].min() < times[0].max() or times[2].min() < times[1].max())  # type: ignore[operator]
+        early, warnings = _temporal_overlap(schema, source, good, counts)
+        leak = any(early.values())
         if leak and source.split.kind == "temporal":
             raise RuntimeError("temporal split: a later split holds a timestamp before the end of an earlier one")
     report = {
@@ -369,6 +415,32 @@ def stage(schema: Schema, out_dir: Path) -> tuple[Schema, dict[str, Any]]:
         "rows_quarantined": bad.height,
         "reasons": reasons,
         "joins": joined.joins,
-        "split": {"kind": source.split.kind, "counts": counts, "temporal_leak": leak},
+        "split": {"kind": source.split.kind, "counts": counts, "temporal_leak": leak, "temporal_leak_rows": early},
+        "warnings": warnings,
     }
-    return replace(schema, files=files, source=None), report
+    # Every row check already ran on the user's rows above: a staged row that a check would still set aside is a
+    # bug of this module, which the feature step reports as such (quarantine lets it see every such row).
+    return replace(schema, files=files, source=None, bad_rows="quarantine"), report
+
+
+def _temporal_overlap(
+    schema: Schema, source: Source, good: pl.DataFrame, counts: dict[str, dict[str, Any]]
+) -> tuple[dict[str, int], list[str]]:
+    """Per later split, its rows timestamped before the last time of an earlier split; warnings for given files.
+
+    A random split overlaps in time by design, so only a files split (whose files may overlap unintentionally)
+    gets a warning.
+    """
+    assert source.timestamp is not None, "the overlap needs a timestamp"
+    times = [good.filter(pl.col(SPLIT_COLUMN) == s)[TIME_COLUMN] for s in SPLITS]
+    early, warnings = {}, []
+    for i, split in enumerate(SPLITS[1:], start=1):
+        end = max(t.max() for t in times[:i])  # type: ignore[type-var]
+        early[split] = int((times[i] < end).sum())
+        if early[split] and source.split.kind == "files":
+            warnings.append(
+                f"{schema.resolve(source.split.files[split])}: column {source.timestamp.column!r} (timestamp): "
+                f"{early[split]} of {counts[split]['rows']} row(s) of split {split!r} lie before {end}, the last "
+                "time of an earlier split; the split files overlap in time, so its metrics may see the future"
+            )
+    return early, warnings

@@ -103,6 +103,7 @@ def check_types(path: Path, file_schema: pl.Schema, schema: Schema) -> None:
 def row_problem(schema: Schema, known_items: pl.Series | None, origin: Mapping[str, str] | None = None) -> pl.Expr:
     """An expression giving, per row, the first problem found (a string naming the column) or null.
 
+    ``known_items``: the ids of the image items table (``schema.image``), which every row's item must be among.
     ``origin`` maps columns that come from a side table to that table's file, which the reason then names.
     """
     where = origin or {}
@@ -125,8 +126,11 @@ def row_problem(schema: Schema, known_items: pl.Series | None, origin: Mapping[s
     if schema.item:
         item = pl.col(schema.item)
         checks.append((item.is_null(), f"{name(schema.item)} (item): null"))
-        if known_items is not None:
-            checks.append((~item.is_in(known_items.implode()), f"{name(schema.item)} (item): id not in items table"))
+        if known_items is not None and schema.image is not None:
+            table = schema.resolve(schema.image.items)
+            checks.append(
+                (~item.is_in(known_items.implode()), f"{name(schema.item)} (item): id not in the items table {table}")
+            )
     for f in schema.sparse:
         col = pl.col(f.column)
         if not f.nullable and f.fill_null is None:

@@ -118,6 +118,9 @@ def _build(schema: Schema, out_dir: Path, row_group_size: int, progress: bool) -
     reports = {}
     for split in tqdm(SPLITS, desc=f"transform {schema.name}", disable=not progress, unit="split"):
         reports[split] = asdict(processor.transform(schema, out_dir, split, fmap, row_group_size=row_group_size))
+    missed = {s: r["reasons"] for s, r in reports.items() if r["rows_quarantined"]}
+    if source_report is not None and missed:  # the source stage ran every row check on the user's rows already
+        raise RuntimeError(f"internal: staged source rows failed checks that the source stage ran: {missed}")
     _check_splits(schema, origin, reports, out_dir)
     return {
         "schema_name": schema.name,

@@ -75,6 +75,8 @@ def _cmd_features_build(args: argparse.Namespace) -> int:
         print(f"join   {join['table']} on {join['key']} ({join['how']}): {join['rows_unmatched']:,} row(s) unmatched")
     if results["rows_quarantined"]:
         print(f"quarantined {results['rows_quarantined']:,} row(s) in total: {out / 'quarantine'}")
+    for warning in (source or {}).get("warnings", []):
+        print(f"ranker: warning: {warning}", file=sys.stderr)
     print(f"features: {out} ({manifest['seconds']} s)")
     return 0
 

@@ -175,6 +175,19 @@ def test_images_decode_into_the_array(tiny_data, tmp_path: Path) -> None:
     assert (images[test["image_index"].to_numpy(), 0, 0, 0] == test["item_id"].to_numpy() - 100).all()
 
 
+def test_item_without_an_image(tiny_data, tmp_path: Path) -> None:
+    """files: form: a row whose item the items table lacks is a bad row of that split file."""
+    schema_path = tiny_data(image={"items": "items.parquet", "item_column": "item", "bytes_column": "png"})
+    items = schema_path.parent / "items.parquet"
+    pl.DataFrame({"item": list(range(100, 129)), "png": [_png(i) for i in range(29)]}).write_parquet(items)  # no 129
+    train = pl.read_parquet(schema_path.parent / "train.parquet")
+    rows = np.flatnonzero(train["item"].to_numpy() == 129)
+    with pytest.raises(DataError) as err:
+        fit(load_schema(schema_path), tmp_path / "feat")
+    line = f"column 'item' (item): id not in the items table {items}: {len(rows)} row(s), first at row {rows[0]}"
+    assert str(err.value).startswith(f"{schema_path.parent / 'train.parquet'}: ") and line in str(err.value)
+
+
 def test_quarantine_keeps_every_bad_row(tiny_data, tmp_path: Path) -> None:
     schema_path = tiny_data(bad_rows="quarantine")
     raw = _edit_train(

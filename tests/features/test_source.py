@@ -127,3 +127,15 @@ def test_given_files_split(tmp_path: Path) -> None:
     results = _build(schema, tmp_path / "feat")
     assert [results["source"]["split"]["counts"][s]["rows"] for s in SPLITS] == [1500, 250, 250]
     assert _split(tmp_path / "feat", "valid")[0]["ts"].equals(events[1500:1750]["ts"])
+
+
+def test_join_on_a_key_that_is_no_feature(tmp_path: Path) -> None:
+    """item_id only links the items table: it is read for the join and not staged."""
+    sparse = [f for f in RAW_SCHEMA["sparse"] if f["name"] != "item"]
+    schema = write_raw_tables(tmp_path / "raw", item=None, sparse=sparse)
+    _build(schema, tmp_path / "feat")
+    events = pl.read_parquet(tmp_path / "raw" / "events" / "*.parquet")
+    category = dict(pl.read_parquet(tmp_path / "raw" / "items.parquet").select("item_id", "category").iter_rows())
+    staged = pl.concat([_split(tmp_path / "feat", s)[0] for s in SPLITS])
+    assert "item_id" not in staged.columns
+    assert sorted(staged["category"].to_list()) == sorted(category[i] for i in events["item_id"].to_list())
