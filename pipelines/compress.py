@@ -20,7 +20,7 @@ from features.processor import FeatureMap
 from features.strict_yaml import from_dict, load_yaml, to_dict
 from pipelines import steps
 from ranker.build import ModelConfig, build_ranker, replace_pretrained
-from ranker.compress import CompressConfig, compress_model, count_parameters, write_compression
+from ranker.compress import CompressConfig, compress_model, count_parameters, plain_state, write_compression
 from ranker.export import ITEM_EMBEDDINGS, MODEL_FILE, load_exported
 
 STEP = "compress"
@@ -62,7 +62,7 @@ def compress_export(model_dir: Path, cfg: CompressConfig, out_dir: Path, force: 
         if entry.name in _NOT_COPIED:
             continue
         (shutil.copytree if entry.is_dir() else shutil.copyfile)(entry, out_dir / entry.name)
-    torch.save(compressed.state_dict(), out_dir / MODEL_FILE)
+    torch.save(plain_state(compressed), out_dir / MODEL_FILE)
     (out_dir / "model_config.json").write_text(json.dumps(to_dict(new_cfg), indent=2) + "\n")
     write_compression(out_dir, cfg, applied)
     results: dict[str, Any] = {

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -33,8 +34,10 @@ from ranker.build import ModelConfig
 from ranker.interactions.attention import AttentionInteraction, CompositeLinear
 from ranker.model import Ranker
 
-COMPRESSION_FILE = "compression.json"  # what was applied; read by load_exported (dense dtype)
+COMPRESSION_FILE = "compression.json"  # what was applied; read by load_exported (dense dtype, table dtype)
 DENSE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# Embedding table storage (fbgemm's IntN TBE through torchrec's quantised EBC); rows are padded to 16 bytes.
+EMBEDDING_DTYPES = {"float32": None, "float16": torch.float16, "int8": torch.qint8, "int4": torch.quint4x2}
 
 
 @dataclass(frozen=True)
@@ -86,11 +89,19 @@ class CompressConfig:
     low_rank: LowRankConfig | None = None
     finetune: FinetuneConfig | None = None
     dense_dtype: str = "float32"
+    embedding_dtype: str = "float32"
     serve: ServeConfig = ServeConfig()
 
     def __post_init__(self) -> None:
         if self.dense_dtype not in DENSE_DTYPES:
             raise ValueError(f"dense_dtype must be one of {sorted(DENSE_DTYPES)}, got {self.dense_dtype!r}")
+        if self.embedding_dtype not in EMBEDDING_DTYPES:
+            raise ValueError(f"embedding_dtype must be one of {sorted(EMBEDDING_DTYPES)}, got {self.embedding_dtype!r}")
+        if self.embedding_dtype != "float32" and self.serve.aoti:
+            raise ValueError(
+                "serve.aoti cannot compile quantised tables (AOTInductor fails on the quantised lookup's data-"
+                "dependent permute); use serve.program, or keep embedding_dtype: float32 for a compiled model"
+            )
 
 
 def _attention(model: Ranker) -> AttentionInteraction | None:
@@ -263,8 +274,60 @@ def compress_model(
     if cfg.dense_dtype != "float32":
         apply_dense_dtype(model, cfg.dense_dtype)
         applied["dense_dtype"] = cfg.dense_dtype
+    tables_before = embedding_bytes(model)
+    if cfg.embedding_dtype != "float32":
+        quantize_tables(model, cfg.embedding_dtype)
+        applied["embedding_dtype"] = cfg.embedding_dtype
+    applied["embedding_bytes"] = {"before": tables_before, "after": embedding_bytes(model)}
     applied["parameters_after"] = count_parameters(model)
     return model, model_cfg, applied
+
+
+def quantize_tables(model: Ranker, dtype: str) -> Ranker:
+    """Swaps the model's embedding-bag collections for TorchRec's quantised ones storing rows in ``dtype``, in place.
+
+    Row-wise quantisation (int8 / int4 rows carry their own fp16 scale and bias) by fbgemm; inference only. The
+    lookup needs ``fbgemm_gpu`` at load time, also in a served program.
+    """
+    from torchrec.inference.modules import quantize_embeddings
+
+    with warnings.catch_warnings():
+        # TorchRec 1.9's quantize_embeddings goes through torch.ao.quantization's module swap, which torch 2.14
+        # deprecates in favour of torchao; the swap itself is TorchRec's and works (test: equal to a naive
+        # row-wise dequantisation).
+        warnings.filterwarnings("ignore", message="torch.ao.quantization is deprecated", category=DeprecationWarning)
+        quantize_embeddings(model, dtype=EMBEDDING_DTYPES[dtype], inplace=True)
+    return model
+
+
+def embedding_bytes(model: nn.Module) -> int:
+    """Bytes the sparse tables occupy: fbgemm's packed rows for quantised tables, padding and per-row scale/bias
+    included (read from the plain storage, since a quantised table's ``state_dict`` view reports int4 columns)."""
+    from torchrec.modules.embedding_modules import EmbeddingBagCollectionInterface
+
+    prefixes = tuple(
+        f"{name}.embedding_bags." for name, m in model.named_modules() if isinstance(m, EmbeddingBagCollectionInterface)
+    )
+    return sum(v.numel() * v.element_size() for k, v in plain_state(model).items() if k.startswith(prefixes))
+
+
+def plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` with TorchRec's packed int4/int2 tensor subclasses as their plain uint8 storage, so the
+    file loads with ``weights_only=True`` (:func:`restore_packed` undoes it against a quantised model)."""
+    from torchrec.tensor_types import UIntXTensor
+
+    return {k: v.view(torch.uint8) if isinstance(v, UIntXTensor) else v for k, v in model.state_dict().items()}
+
+
+def restore_packed(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with plain uint8 tensors rewrapped where ``model`` (quantised) holds packed int4/int2 tensors."""
+    from torchrec.tensor_types import UIntXTensor
+
+    current = model.state_dict()
+    return {
+        k: type(current[k])(v) if isinstance(current.get(k), UIntXTensor) else v  # type: ignore[call-arg]
+        for k, v in state.items()
+    }
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -274,13 +337,20 @@ def count_parameters(model: nn.Module) -> int:
 def write_compression(out_dir: Any, cfg: CompressConfig, applied: dict[str, Any]) -> None:
     from features.strict_yaml import to_dict
 
-    record = {"dense_dtype": cfg.dense_dtype, "config": to_dict(cfg), "applied": applied}
+    record = {
+        "dense_dtype": cfg.dense_dtype,
+        "embedding_dtype": cfg.embedding_dtype,
+        "config": to_dict(cfg),
+        "applied": applied,
+    }
     (out_dir / COMPRESSION_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
 
 
-def read_dense_dtype(export_dir: Any) -> str:
+def read_dtypes(export_dir: Any) -> tuple[str, str]:
+    """(dense dtype, embedding dtype) an export was compressed to; float32 for an uncompressed export."""
     path = export_dir / COMPRESSION_FILE
-    return json.loads(path.read_text()).get("dense_dtype", "float32") if path.exists() else "float32"
+    record = json.loads(path.read_text()) if path.exists() else {}
+    return record.get("dense_dtype", "float32"), record.get("embedding_dtype", "float32")
 
 
 __all__ = [

@@ -30,7 +30,7 @@ from features.images import IMAGES, ITEMS
 from features.processor import FEATURE_MAP, TRAIN_ITEMS, FeatureMap
 from features.strict_yaml import from_dict, to_dict
 from ranker.build import ModelConfig, build_ranker, replace_pretrained
-from ranker.compress import apply_dense_dtype, read_dense_dtype
+from ranker.compress import apply_dense_dtype, quantize_tables, read_dtypes, restore_packed
 from ranker.model import Ranker, RankerTrain
 
 MODEL_FILE = "model.pt"
@@ -106,10 +106,13 @@ def load_exported(export_dir: str | Path) -> Ranker:
     elif cfg.vision is not None:
         images = np.asarray(np.load(export_dir / IMAGES, mmap_mode="r"))
     model = build_ranker(fmap, cfg, images, item_embeddings=embeddings)
-    dense_dtype = read_dense_dtype(export_dir)  # compression.json of `ranker compress`, if any
+    dense_dtype, embedding_dtype = read_dtypes(export_dir)  # compression.json of `ranker compress`, if any
     if dense_dtype != "float32":
         apply_dense_dtype(model, dense_dtype)
-    model.load_state_dict(_load_state(export_dir / MODEL_FILE, set(model.state_dict())), strict=True)
+    if embedding_dtype != "float32":
+        quantize_tables(model, embedding_dtype)
+    state = _load_state(export_dir / MODEL_FILE, set(model.state_dict()))
+    model.load_state_dict(restore_packed(model, state), strict=True)
     return model.eval()
 
 

@@ -168,15 +168,21 @@ _SERVE_SCRIPT = textwrap.dedent(
     """
     import sys
 
+    allowed = sys.argv[4:]  # what serving.json "requires" (fbgemm_gpu for quantised tables)
+
     class Block:
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("ranker", "features", "pipelines", "torchrec", "fbgemm_gpu"):
+            top = name.split(".")[0]
+            if top in ("ranker", "features", "pipelines", "torchrec", "fbgemm_gpu") and top not in allowed:
                 raise ImportError(f"blocked import of {name} in the serving process")
             return None
 
     sys.meta_path.insert(0, Block())
     import numpy as np
     import torch
+
+    for name in allowed:
+        __import__(name)
 
     data = np.load(sys.argv[2])
     module = torch.export.load(sys.argv[1]).module()
@@ -192,6 +198,7 @@ _SERVE_SCRIPT = textwrap.dedent(
 def _check_served(out: Path, features: Path, tmp_path: Path, sizes: tuple[int, ...], atol: float = 1e-5) -> None:
     """Scores of ``out/serve/model.pt2`` in a fresh torch-only process equal ``load_exported(out)``'s."""
     model = load_exported(out)
+    requires = json.loads((out / "serve" / "serving.json").read_text()).get("requires", [])
     script = tmp_path / "serve.py"
     script.write_text(_SERVE_SCRIPT)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
@@ -203,7 +210,7 @@ def _check_served(out: Path, features: Path, tmp_path: Path, sizes: tuple[int, .
         # -I: isolated mode, no cwd (the repository) on sys.path, no user site; the meta-path blocker does the rest.
         run = subprocess.run(
             [sys.executable, "-I", str(script), str(out / "serve" / "model.pt2"), str(tmp_path / "in.npz"),
-             str(tmp_path / "out.npy")],
+             str(tmp_path / "out.npy"), *requires],
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert run.returncode == 0, run.stderr[-3000:]
@@ -285,3 +292,62 @@ def test_aoti_package_matches_the_program(exported, tmp_path: Path) -> None:
         with torch.no_grad():
             got = package(batch.dense, batch.sparse.values(), batch.sparse.lengths())
             torch.testing.assert_close(got, model(batch), rtol=0, atol=1e-5)
+
+
+def _naive_row_quantised(w: torch.Tensor, bits: int | None) -> torch.Tensor:
+    """Row-wise N-bit quantise + dequantise written from fbgemm's description: bias = fp16(row min), scale =
+    fp16((max - bias) / (2^bits - 1)), q = round((w - bias) / scale) clamped; fp16 storage when ``bits`` is None."""
+    if bits is None:
+        return w.half().float()
+    levels = 2**bits - 1
+    lo = w.min(1, keepdim=True).values.half().float()
+    scale = ((w.max(1, keepdim=True).values - lo) / levels).half().float()
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    return torch.clamp(torch.round((w - lo) * (1.0 / scale)), 0, levels) * scale + lo
+
+
+def _padded_table_bytes(model: torch.nn.Module, dtype: str) -> int:
+    """Table bytes by hand: rows x (row payload + fp16 scale/bias for int rows) rounded up to 16 bytes."""
+    total = 0
+    for bag in model.sparse_arch.ebc.embedding_bags.values():
+        rows, dim = bag.weight.shape
+        payload = {"float32": 4 * dim, "float16": 2 * dim, "int8": dim + 4, "int4": dim // 2 + 4}[dtype]
+        total += rows * (payload if dtype == "float32" else -(-payload // 16) * 16)
+    return total
+
+
+@pytest.mark.parametrize(("dtype", "bits"), [("float16", None), ("int8", 8), ("int4", 4)])
+def test_quantised_tables_equal_a_naive_dequantisation(exported, tmp_path: Path, dtype: str, bits: int | None) -> None:
+    export_dir, features = exported
+    out = tmp_path / dtype
+    manifest = compress_export(export_dir, CompressConfig(embedding_dtype=dtype), out)
+    float_model = load_exported(export_dir)
+    sizes = manifest["results"]["applied"]["embedding_bytes"]
+    assert sizes == {"before": _padded_table_bytes(float_model, "float32"),
+                     "after": _padded_table_bytes(float_model, dtype)}  # fmt: skip
+    quantised = load_exported(out)  # a fresh load of the saved export (int4 rows travel as plain uint8)
+    with torch.no_grad():
+        for bag in float_model.sparse_arch.ebc.embedding_bags.values():
+            bag.weight.copy_(_naive_row_quantised(bag.weight, bits))
+        batch = _batch(features, export_dir, 64)
+        torch.testing.assert_close(quantised(batch), float_model(batch), rtol=0, atol=1e-5)
+    if dtype == "int8":  # the served program: torch + fbgemm_gpu (serving.json "requires"), no training code
+        _check_served(out, features, tmp_path, (9,))
+
+
+@pytest.mark.parametrize("dim", [16, 64])
+def test_int4_tables_shrink_with_the_row_size(exported, dim: int) -> None:
+    """Rows pad to 16 bytes: at D = 16 int8 is no smaller than fp16, at D = 64 int4 is > 3.5x smaller than fp32."""
+    from ranker.compress import embedding_bytes, quantize_tables
+
+    fmap = FeatureMap.load(exported[0])
+    sizes = {}
+    for dtype in ("float32", "float16", "int8", "int4"):
+        model = build_ranker(fmap, ModelConfig(embedding_dim=dim)).eval()
+        sizes[dtype] = embedding_bytes(quantize_tables(model, dtype) if dtype != "float32" else model)
+        assert sizes[dtype] == _padded_table_bytes(model if dtype == "float32" else build_ranker(
+            fmap, ModelConfig(embedding_dim=dim)), dtype)  # fmt: skip
+    if dim == 16:
+        assert sizes["int8"] == sizes["float16"]
+    else:
+        assert sizes["float32"] / sizes["int4"] > 3.5 and sizes["int8"] < sizes["float16"]
