@@ -38,7 +38,7 @@ def compress_export(model_dir: Path, cfg: CompressConfig, out_dir: Path, force: 
         raise FileNotFoundError(f"{model_dir}: not an export (no {MODEL_FILE}); pass RUN/export")
     if (model_dir / "compression.json").exists():
         raise ValueError(f"{model_dir}: already compressed; compress the original export instead")
-    inputs = [model_dir] + ([Path(cfg.finetune.features)] if cfg.finetune else [])
+    inputs = [model_dir] + [Path(part.features) for part in (cfg.prune, cfg.finetune) if part is not None]
     fp = steps.fingerprint({"config": to_dict(cfg)}, inputs)
     if not force and steps.is_complete(out_dir, STEP, fp):
         return steps.read_manifest(out_dir) or {}

@@ -74,6 +74,25 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
+class PruneConfig:
+    """Structured pruning: keep ``heads`` attention heads per layer and ``ffn_hidden`` FFN units (None: all), ranked
+    by first-order importance on ``batches`` training batches of ``features`` (``ranker.structured_prune``)."""
+
+    features: str
+    heads: int | None = None
+    ffn_hidden: int | None = None
+    batches: int = 8
+    batch_size: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batches < 1 or self.batch_size < 1:
+            raise ValueError("prune: batches and batch_size must be >= 1")
+        if self.heads is None and self.ffn_hidden is None:
+            raise ValueError("prune: give heads and/or ffn_hidden (how many to keep)")
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     """The served artefact written beside the weights (``ranker.serving``)."""
 
@@ -86,6 +105,7 @@ class CompressConfig:
     """``ranker compress --config compress.yaml``: unknown keys are rejected."""
 
     prune_last: bool = False
+    prune: PruneConfig | None = None
     low_rank: LowRankConfig | None = None
     finetune: FinetuneConfig | None = None
     dense_dtype: str = "float32"
@@ -209,18 +229,32 @@ def low_rank(model: Ranker, cfg: ModelConfig, lr_cfg: LowRankConfig, build: Any)
     return target.eval(), new_cfg, report
 
 
-def finetune(model: Ranker, ft: FinetuneConfig, fmap: Any) -> dict[str, Any]:
-    """Fine-tunes ``model`` in place for ``ft.steps`` steps; returns the first and last losses."""
+def _train_batches(features: str, fmap: Any, batch_size: int, seed: int) -> Any:
+    """Seeded, shuffled training batches of the feature folder ``features`` (one epoch per call of ``set_epoch``)."""
     from pathlib import Path
 
     from features.loader import RankLoader
     from features.processor import processed_files
+
+    return RankLoader(processed_files(Path(features), "train"), fmap, batch_size, shuffle=True, seed=seed, prefetch=0)
+
+
+def _prune(model: Ranker, cfg: ModelConfig, pc: PruneConfig, build: Any, fmap: Any) -> tuple[Ranker, ModelConfig, dict]:
+    from itertools import islice
+
+    from ranker.structured_prune import importance, prune_structured
+
+    torch.manual_seed(pc.seed)
+    scores = importance(model, islice(iter(_train_batches(pc.features, fmap, pc.batch_size, pc.seed)), pc.batches))
+    return prune_structured(model, cfg, build, scores, pc.heads, pc.ffn_hidden)
+
+
+def finetune(model: Ranker, ft: FinetuneConfig, fmap: Any) -> dict[str, Any]:
+    """Fine-tunes ``model`` in place for ``ft.steps`` steps; returns the first and last losses."""
     from ranker.model import RankerTrain
 
     torch.manual_seed(ft.seed)
-    loader = RankLoader(
-        processed_files(Path(ft.features), "train"), fmap, ft.batch_size, shuffle=True, seed=ft.seed, prefetch=0
-    )
+    loader = _train_batches(ft.features, fmap, ft.batch_size, ft.seed)
     wrapped = RankerTrain(model).train()
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=ft.lr)
     losses: list[float] = []
@@ -267,6 +301,8 @@ def compress_model(
     elif cfg.prune_last:
         model, model_cfg = prune_last_layer(model, model_cfg, build)
         applied["prune_last"] = True
+    if cfg.prune is not None:
+        model, model_cfg, applied["prune"] = _prune(model, model_cfg, cfg.prune, build, fmap)
     if cfg.low_rank is not None:
         model, model_cfg, applied["low_rank"] = low_rank(model, model_cfg, cfg.low_rank, build)
     if cfg.finetune is not None and cfg.finetune.steps > 0:
@@ -357,6 +393,7 @@ __all__ = [
     "CompressConfig",
     "FinetuneConfig",
     "LowRankConfig",
+    "PruneConfig",
     "ServeConfig",
     "compress_model",
     "low_rank",

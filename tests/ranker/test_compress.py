@@ -351,3 +351,80 @@ def test_int4_tables_shrink_with_the_row_size(exported, dim: int) -> None:
         assert sizes["int8"] == sizes["float16"]
     else:
         assert sizes["float32"] / sizes["int4"] > 3.5 and sizes["int8"] < sizes["float16"]
+
+
+def _zero_removed(model: torch.nn.Module, report: dict) -> torch.nn.Module:
+    """The unpruned model with removed heads' output-projection rows and removed FFN units' fc2 rows zeroed: the
+    function the pruned model must compute (a reference written without the pruning's index gathers)."""
+    with torch.no_grad():
+        for layer, kept in zip(model.interaction.layers, report["layers"], strict=True):
+            heads = layer.num_heads
+            out_w = layer.out.weight  # (H·d_v, D) shared or (Q, H·d_v, D) per token
+            width = out_w.shape[-2] // heads
+            for h in set(range(heads)) - set(kept["kept_heads"]):
+                out_w[..., h * width : (h + 1) * width, :] = 0
+            fc2 = layer.ffn.fc2.weight  # (hidden, D) shared or (Q, hidden, D) per token
+            per_token = kept["kept_units"] if fc2.dim() == 3 else [kept["kept_units"]]
+            for t, units in enumerate(per_token):
+                removed = sorted(set(range(fc2.shape[-2])) - set(units))
+                (fc2[t] if fc2.dim() == 3 else fc2)[removed] = 0
+    return model
+
+
+@pytest.mark.parametrize("interaction", ["hiformer", "hetero_attention", "transformer"])
+def test_structured_pruning_equals_zeroing_the_removed_units(exported, interaction: str) -> None:
+    from ranker.structured_prune import importance, prune_structured
+
+    export_dir, features = exported
+    fmap = FeatureMap.load(export_dir)
+    kwargs = {"num_layers": 2, "num_heads": 4, "ffn_hidden": 12, "prune_last": True}
+    cfg = ModelConfig(embedding_dim=8, interaction=interaction, interaction_kwargs={interaction: kwargs})
+    torch.manual_seed(3)
+    model = build_ranker(fmap, cfg).eval()
+    batch = _batch(features, export_dir, 48)
+    scores = importance(model, [batch])
+    pruned, new_cfg, report = prune_structured(model, cfg, lambda c: build_ranker(fmap, c), scores, 2, 5)
+    assert new_cfg.chosen_kwargs()["num_heads"] == 2 and new_cfg.chosen_kwargs()["ffn_hidden"] == 5
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(batch), _zero_removed(model, report)(batch), rtol=0, atol=1e-5)
+    # Keeping everything is the identity.
+    torch.manual_seed(3)
+    original = build_ranker(fmap, cfg).eval()
+    same, _, _ = prune_structured(original, cfg, lambda c: build_ranker(fmap, c), scores, 4, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(same(batch), original(batch), rtol=0, atol=1e-6)
+
+
+def test_importance_finds_a_dead_head(exported) -> None:
+    from ranker.structured_prune import importance, prune_structured
+
+    export_dir, features = exported
+    fmap = FeatureMap.load(export_dir)
+    cfg = ModelConfig(embedding_dim=8, interaction_kwargs={"hiformer": {"num_layers": 1, "num_heads": 2}})
+    model = build_ranker(fmap, cfg).eval()
+    with torch.no_grad():
+        model.interaction.layers[0].out.weight[:4] = 0  # head 0 (d_v = 4) no longer reaches the output
+    batch = _batch(features, export_dir, 64)
+    head_scores, _ = importance(model, [batch])
+    assert head_scores[0][0] == 0 and head_scores[0][1] > 0
+    _, _, report = prune_structured(model, cfg, lambda c: build_ranker(fmap, c), (head_scores, _), 1, None)
+    assert report["layers"][0]["kept_heads"] == [1]
+
+
+def test_pruned_and_finetuned_export_loads_and_serves(exported, tmp_path: Path) -> None:
+    from ranker.compress import PruneConfig
+
+    export_dir, features = exported
+    cfg = CompressConfig(
+        prune=PruneConfig(features=str(features), heads=1, ffn_hidden=8, batches=2, batch_size=64),
+        finetune=FinetuneConfig(features=str(features), steps=5, batch_size=64),
+    )
+    out = tmp_path / "pruned"
+    manifest = compress_export(export_dir, cfg, out)
+    applied = manifest["results"]["applied"]
+    assert applied["prune"]["heads"] == 1 and len(applied["prune"]["layers"]) == 2
+    assert applied["parameters_after"] < applied["parameters_before"]
+    kwargs = json.loads((out / "model_config.json").read_text())["interaction_kwargs"]["hiformer"]
+    assert (kwargs["num_heads"], kwargs["ffn_hidden"], kwargs["head_dim"]) == (1, 8, 4)  # d_k = 8 / 2 kept
+    _check_served(out, features, tmp_path, (5,))  # loads (load_exported) and serves in a fresh process
