@@ -497,3 +497,14 @@ def test_dcnv2_matches_cross_formula(structure: str, low_rank: int | None) -> No
     out = model(x0.view(4, N, D))
     assert out.shape == (4, 2, model.out_dim) and model.out_dim == deep.shape[1]
     torch.testing.assert_close(out, deep.unsqueeze(1).expand(-1, 2, -1), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("rows", [3, 12, 40])
+def test_attend_equals_scaled_dot_product_attention(rows: int) -> None:
+    from ranker.interactions.attention import attend
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(4, 2, rows, 8) * 3, torch.randn(4, 2, rows + 2, 8) * 3, torch.randn(4, 2, rows + 2, 5)
+    expected = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double())
+    torch.testing.assert_close(attend(q, k, v).double(), expected, rtol=1e-5, atol=1e-5)  # float32 rounding
+    torch.testing.assert_close(attend(q.double(), k.double(), v.double()), expected, rtol=0, atol=1e-12)
