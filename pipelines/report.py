@@ -214,10 +214,7 @@ def forest_figure(
                 m = None if entry["metrics"] is None else entry["metrics"][metric]
                 if m is None or m[key] is None:
                     continue
-                lo, hi = m["ci_low"], m["ci_high"]
-                xerr = None if lo is None else [[m[key] - lo], [hi - m[key]]]
-                color = COLORS.get(name, "#343a40")
-                ax.errorbar(m[key], yi, xerr=xerr, fmt="o", ms=5, color=color, ecolor=color, capsize=3, lw=1.4)
+                _interval(ax, m[key], yi, m["ci_low"], m["ci_high"], COLORS.get(name, "#343a40"), 5)
             ax.set_title(f"{'Δ ' if key == 'delta' else ''}{metric.upper()} · {task}")
         labels = [
             f"{name}  ({scopes[name]['n_rows']:,} rows)"
@@ -233,6 +230,15 @@ def forest_figure(
     return fig
 
 
+def _interval(ax: Any, x: float, y: float, lo: float | None, hi: float | None, color: str, size: float) -> None:
+    """A point and its horizontal interval, drawn from the interval's own ends: a percentile bootstrap interval need
+    not contain the point estimate (small slices, few resamples), which errorbar's +/- form cannot draw."""
+    if lo is not None and hi is not None:
+        ax.hlines(y, lo, hi, color=color, lw=1.5)
+        ax.plot([lo, hi], [y, y], "|", ms=size + 2, color=color)
+    ax.plot(x, y, "o", ms=size, color=color)
+
+
 def delta_figure(comparison: Mapping[str, Any], task: str) -> Figure:
     """Change of every metric, B vs A, in percent of A with its paired interval, coloured by verdict."""
     entries = comparison["overall"]["tasks"][task]["metrics"]
@@ -243,13 +249,8 @@ def delta_figure(comparison: Mapping[str, Any], task: str) -> Figure:
         y = np.arange(len(rows))[::-1]
         for yi, (_, m) in zip(y, rows, strict=True):
             scale = 100.0 / abs(m["a"])
-            xerr = (
-                None
-                if m["ci_low"] is None
-                else [[(m["delta"] - m["ci_low"]) * scale], [(m["ci_high"] - m["delta"]) * scale]]
-            )
-            color = VERDICT_COLORS[m["verdict"]]
-            ax.errorbar(m["delta"] * scale, yi, xerr=xerr, fmt="o", ms=6, color=color, capsize=3, lw=1.6)
+            lo, hi = (None, None) if m["ci_low"] is None else (m["ci_low"] * scale, m["ci_high"] * scale)
+            _interval(ax, m["delta"] * scale, yi, lo, hi, VERDICT_COLORS[m["verdict"]], 6)
         ax.set_yticks(y, [f"{name}  {m['a']:.4f} → {m['b']:.4f}" for name, m in rows])
         ax.set(xlabel="B − A, % of A", title=f"Change by metric · {task}")
         ax.set_ylim(-0.7, len(rows) - 0.3)

@@ -134,3 +134,15 @@ def test_training_figure_groups_splits_of_a_metric() -> None:
     assert sorted(line.get_label() for line in panels["loss"].get_lines()) == ["train", "valid"]
     assert len(panels["auc"].get_lines()[0].get_xdata()) == 5
     plt.close(fig)
+
+
+def test_forest_plot_draws_an_interval_that_misses_its_point() -> None:
+    """A percentile bootstrap interval need not contain the point estimate (few resamples, small slices): the plot
+    draws it from its ends instead of crashing (matplotlib's errorbar refuses negative widths)."""
+    metric = {"value": 0.70, "ci_low": 0.71, "ci_high": 0.75}  # the point lies left of its interval
+    entry = {"metrics": {"auc": metric, "ne": {"value": 0.9, "ci_low": 0.8, "ci_high": 0.85}}}
+    scopes = {"DE": {"n_rows": 50, "status": "ok", "tasks": {"click": entry}}}
+    fig = R.forest_figure(scopes, entry, "click")
+    segments = fig.axes[0].collections[0].get_segments()  # the interval line of the AUC panel
+    assert [tuple(p) for p in segments[0]] == [(0.71, 0.0), (0.75, 0.0)]
+    plt.close(fig)
