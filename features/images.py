@@ -45,6 +45,11 @@ def _read_items(schema: Schema, with_images: bool) -> tuple[Path, pl.DataFrame]:
         raise DataError(f"{items_path}: missing column(s) {missing}; the file has {names}")
     if items.height == 0:
         raise DataError(f"{items_path}: empty items table")
+    if not items.schema[spec.item_column].is_integer():
+        raise DataError(
+            f"{items_path}: column {spec.item_column!r} (item id) has type {items.schema[spec.item_column]}; "
+            "image items need integer ids (map string ids to integers in the items table and the interactions)"
+        )
     dupes = items[spec.item_column].is_duplicated().sum()
     if dupes:
         raise DataError(f"{items_path}: column {spec.item_column!r}: {dupes} duplicated item id(s)")

@@ -29,6 +29,8 @@ class DataError(ValueError):
 def _kind_ok(dtype: pl.DataType, allowed: str) -> bool:
     if allowed == "id":
         return dtype.is_integer() or dtype == pl.String or dtype == pl.Categorical
+    if allowed == "integer":
+        return dtype.is_integer()
     if allowed == "numeric":
         return dtype.is_numeric() or dtype == pl.Boolean
     if allowed == "list":
@@ -80,7 +82,7 @@ def check_types(path: Path, file_schema: pl.Schema, schema: Schema) -> None:
         + [(f.column, "numeric", f"dense feature {f.name!r}") for f in schema.dense]
         + [(lb.column, _label_kind(lb), f"label {lb.name!r}") for lb in schema.labels]
         + [(schema.group, "id", "group")]
-        + ([(schema.item, "id", "item")] if schema.item else [])
+        + ([(schema.item, "integer" if schema.image else "id", "item")] if schema.item else [])
         + [(e, "id", "entity") for e in schema.entities]
     )
     for column, kind, role in expectations:
@@ -88,7 +90,12 @@ def check_types(path: Path, file_schema: pl.Schema, schema: Schema) -> None:
             continue
         dtype = file_schema[column]
         if not _kind_ok(dtype, kind):
-            want = {"id": "an integer or string", "numeric": "a number", "list": "a list of integers or strings"}
+            want = {
+                "id": "an integer or string",
+                "integer": "an integer (items with images need integer ids)",
+                "numeric": "a number",
+                "list": "a list of integers or strings",
+            }
             raise DataError(f"{path}: column {column!r} ({role}) has type {dtype}; expected {want[kind]}")
     for f in schema.sparse:
         if f.column not in file_schema or not (f.encoding == "identity" or f.non_negative):

@@ -221,3 +221,20 @@ def test_reserved_feature_name(tiny_data) -> None:
     with pytest.raises(ConfigError, match="reserved") as err:
         load_schema(schema_path)
     assert "item_id" in str(err.value)
+
+
+@pytest.mark.parametrize("where", ["items table", "interactions"])
+def test_string_item_ids_with_images_are_named(tiny_data, tmp_path: Path, where: str) -> None:
+    """Items with images need integer ids, in the items table and in the split files alike."""
+    schema_path = tiny_data(image={"items": "items.parquet", "item_column": "item", "bytes_column": "png"})
+    items = pl.DataFrame({"item": list(range(100, 130)), "png": [_png(i) for i in range(30)]})
+    if where == "items table":
+        items = items.with_columns(pl.col("item").cast(pl.String))
+        named, column = schema_path.parent / "items.parquet", "'item' (item id) has type String"
+    else:
+        _edit_train(schema_path, lambda df: df.with_columns(pl.col("item").cast(pl.String)))
+        named, column = schema_path.parent / "train.parquet", "'item' (item) has type String; expected an integer"
+    items.write_parquet(schema_path.parent / "items.parquet")
+    with pytest.raises(DataError) as err:
+        fit(load_schema(schema_path), tmp_path / "feat")
+    assert str(err.value).startswith(f"{named}: column {column}")
