@@ -245,6 +245,41 @@ def log_to_run(record: dict[str, str], metrics: dict[str, Any], artifacts: list[
             log_artifact(path, artifact_path)
 
 
+_MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[0-9]+))?$")
+
+
+def download_export(uri: str, dst: Path) -> tuple[Path, dict[str, str]]:
+    """Downloads the export folder of the pyfunc model ``uri`` into ``dst``; returns it and what was resolved.
+
+    ``uri``: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or ``models:/m-<id>`` (a LoggedModel). An alias is
+    resolved once, to a version, before the download, so a promotion during the download cannot mix two models.
+    Only the export travels (not the model's code or environment): the caller scores with
+    :class:`ranker.predict.Predictor`, without pyfunc's per-row input checks. Raises ``ValueError`` (one line).
+    """
+    match = _MODEL_URI.match(uri)
+    if match is None:
+        raise ValueError(f"--model {uri}: expected models:/NAME@ALIAS, models:/NAME/VERSION or models:/m-<id>")
+    bound_retries()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mlflow.set_tracking_uri(tracking_uri())
+    name, alias, version = match["name"], match["alias"], match["version"]
+    info = {"requested": uri, "uri": uri, "name": name, "version": version or ""}
+    try:
+        if alias or version:
+            client = mlflow.MlflowClient()
+            found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+            info.update(uri=f"models:/{name}/{found.version}", version=str(found.version), source=str(found.source))
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{info['uri']}/artifacts/{EXPORT_ARTIFACT}", dst_path=str(dst)
+        )
+    except Exception as err:  # MlflowException (unknown name, alias or version), or a dead store
+        raise ValueError(
+            f"--model {uri}: could not be resolved in the MLflow store {shown_uri(tracking_uri())} "
+            f"({failure_reason(err)})"
+        ) from None
+    return Path(local), info
+
+
 # -- Packaging: an export as an MLflow pyfunc model ------------------------------------------------------------------
 
 MODEL_NAME = "ranker"  # the LoggedModel's name within a run
