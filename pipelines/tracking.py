@@ -280,6 +280,19 @@ def download_export(uri: str, dst: Path) -> tuple[Path, dict[str, str]]:
     return Path(local), info
 
 
+def spark_udf(spark: Any, uri: str) -> tuple[Any, list[str]]:
+    """The pyfunc model ``uri`` as a Spark UDF run in this interpreter's environment, and its input column names.
+
+    ``env_manager="local"``: executors use ``PYSPARK_PYTHON`` (which must have the project installed) rather than
+    building a virtualenv per executor. The UDF returns a struct of ``score_<task>`` doubles (the signature).
+    """
+    bound_retries()
+    mlflow.set_tracking_uri(tracking_uri())
+    udf = mlflow.pyfunc.spark_udf(spark, uri, env_manager="local")
+    signature = mlflow.models.get_model_info(uri).signature
+    return udf, signature.inputs.input_names()
+
+
 # -- Packaging: an export as an MLflow pyfunc model ------------------------------------------------------------------
 
 MODEL_NAME = "ranker"  # the LoggedModel's name within a run

@@ -73,3 +73,19 @@ def mlflow_server(root: Path) -> Iterator[MlflowServer]:
         yield server
     finally:
         server.stop()
+
+
+def register_export(export_dir: Path, example: object, name: str, alias: str = "champion") -> None:
+    """Logs ``export_dir`` as a pyfunc model in the current store, registers it as ``name`` and sets ``alias``.
+
+    ``example``: a few raw rows (pandas). The store is ``$MLFLOW_TRACKING_URI`` (with ``$RANKER_RUNS`` for a
+    SQLite store's artifacts), which the caller points at a temporary folder.
+    """
+    import mlflow
+
+    from pipelines import tracking
+
+    tracking.start_run("tests", export_dir.parent)  # creates the experiment with its artifact folder
+    info = tracking.log_model(export_dir, example, registered_name=name)
+    tracking.end_run()
+    mlflow.MlflowClient().set_registered_model_alias(name, alias, str(info.registered_model_version))

@@ -14,6 +14,7 @@ from pipelines.evaluate import evaluate_model
 from pipelines.metrics import EvalConfig
 from ranker.export import export_digest
 from tests.helpers import build_tiny_export
+from tests.helpers_mlflow import register_export
 
 pytestmark = pytest.mark.e2e
 
@@ -98,18 +99,12 @@ def test_bad_input_is_one_line_naming_file_and_column(exported, tmp_path: Path, 
 
 
 def test_a_registered_model_scores_like_its_export(exported, tmp_path: Path, monkeypatch) -> None:
-    import mlflow
-
     from pipelines import tracking
 
     export_dir, inputs, _ = exported
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking.default_uri(tmp_path / "runs"))
     monkeypatch.setenv("RANKER_RUNS", str(tmp_path / "runs"))
-    tracking.start_run("score-test", tmp_path)  # creates the experiment with its artifact folder
-    example = pl.read_parquet(inputs / "a.parquet").head(3).to_pandas()
-    tracking.log_model(export_dir, example, registered_name="ranker-score-test")
-    tracking.end_run()
-    mlflow.MlflowClient().set_registered_model_alias("ranker-score-test", "champion", "1")
+    register_export(export_dir, pl.read_parquet(inputs / "a.parquet").head(3).to_pandas(), "ranker-score-test")
     argv = ["score", "--input", str(inputs)]
     assert main([*argv, "--model", "models:/ranker-score-test@champion", "--out", str(tmp_path / "reg")]) == 0
     assert main([*argv, "--model", str(export_dir), "--out", str(tmp_path / "dir")]) == 0
