@@ -210,9 +210,16 @@ def log_params(params: dict[str, Any]) -> None:
     mlflow.log_params({k: str(v)[:_MAX_PARAM] for k, v in redact(params).items()})
 
 
+_UNSAFE = re.compile(r"[^\w\-. :]")  # MLflow also allows "/", which we turn into "." (valid/auc -> valid.auc)
+
+
 def numeric_metrics(values: dict[str, Any]) -> dict[str, float]:
-    """The numeric entries of ``values`` under MLflow-safe names (``/`` becomes ``.``); ``None`` is left out."""
-    return {k.replace("/", "."): float(v) for k, v in values.items() if isinstance(v, int | float)}
+    """The numeric entries of ``values`` under MLflow-safe names; ``None`` is left out.
+
+    ``/`` becomes ``.``, ``@`` becomes ``_at`` (``ndcg@10`` -> ``ndcg_at10``), anything else MLflow refuses ``_``.
+    """
+    safe = {k: _UNSAFE.sub("_", k.replace("/", ".").replace("@", "_at")) for k in values}
+    return {safe[k]: float(v) for k, v in values.items() if isinstance(v, int | float)}
 
 
 def log_metrics(values: dict[str, Any], step: int) -> None:
@@ -232,17 +239,27 @@ def end_run() -> None:
     mlflow.end_run()
 
 
-def log_to_run(record: dict[str, str], metrics: dict[str, Any], artifacts: list[Path], artifact_path: str) -> None:
-    """Adds ``metrics`` and ``artifacts`` (under ``artifact_path``) to the finished run of ``record``.
+def log_to_training_run(run_dir: Path, metrics: dict[str, Any], artifacts: list[Path], artifact_path: str) -> str:
+    """Adds ``metrics`` and ``artifacts`` (under ``artifact_path``) to the training run of ``run_dir``, if tracked.
 
-    ``record``: :func:`run_record`'s dict. The store is ``$MLFLOW_TRACKING_URI`` if set, else the recorded one.
+    The run is the one ``run_dir/results.json`` records (``mlflow``: :func:`run_record`); the store is
+    ``$MLFLOW_TRACKING_URI`` if set, else the recorded one. Returns one line saying where the outputs went, or why
+    not (a step's outputs never depend on MLflow); empty when the run was not tracked.
     """
+    results = run_dir / "results.json"
+    record = json.loads(results.read_text()).get("mlflow") if results.exists() else None
+    if not record:
+        return ""
     bound_retries()
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or record["tracking_uri"])
-    with mlflow.start_run(run_id=record["run_id"]):
-        log_metrics(metrics, step=0)
-        for path in artifacts:
-            log_artifact(path, artifact_path)
+    try:
+        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or record["tracking_uri"])
+        with mlflow.start_run(run_id=record["run_id"]):
+            log_metrics(metrics, step=0)
+            for path in artifacts:
+                log_artifact(path, artifact_path)
+    except Exception as err:  # a dead store must not fail the step whose outputs are already written
+        return f"MLflow: not logged to training run {record['run_id']} ({failure_reason(err)})"
+    return f"MLflow: logged to training run {record['run_id']} under {artifact_path}/"
 
 
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[0-9]+))?$")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from tests.helpers import build_tiny_export
 from tests.helpers_mlflow import register_export
 
 pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -68,13 +71,19 @@ def test_scores_equal_the_evaluation_and_a_rerun_is_skipped(exported, tmp_path: 
     assert (out / "manifest.json").read_text() != before
 
 
-def test_two_processes_write_what_one_writes(exported, tmp_path: Path) -> None:
+def test_readme_command_with_two_processes_writes_what_one_writes(exported, tmp_path: Path, monkeypatch) -> None:
+    """The README's `ranker score ... --nproc 2`, run as written where its paths hold the tiny export and rows."""
     export_dir, inputs, _ = exported
-    for n in (1, 2):
-        argv = ["score", "--model", str(export_dir), "--input", str(inputs), "--out", str(tmp_path / f"n{n}")]
-        assert main([*argv, "--nproc", str(n)]) == 0
-    assert len(list((tmp_path / "n2").glob("part-*.parquet"))) == 2
-    assert _scores(tmp_path / "n2").equals(_scores(tmp_path / "n1"))
+    readme = (ROOT / "README.md").read_text().split("## Batch scoring", 1)[1].split("\n## ", 1)[0]
+    (command,) = [line for line in readme.splitlines() if line.startswith("ranker ")]
+    shutil.copytree(export_dir, tmp_path / "runs" / "demo-movielens" / "export")
+    shutil.copytree(inputs, tmp_path / "data" / "raw" / "movielens-100k")
+    monkeypatch.chdir(tmp_path)
+    assert main(shlex.split(command)[1:]) == 0
+    out = tmp_path / "runs" / "demo-movielens" / "scores"
+    assert len(list(out.glob("part-*.parquet"))) == 2
+    assert main(["score", "--model", str(export_dir), "--input", str(inputs), "--out", "one", "--nproc", "1"]) == 0
+    assert _scores(out).drop("model_uri").equals(_scores(tmp_path / "one").drop("model_uri"))
 
 
 @pytest.mark.parametrize(

@@ -64,6 +64,52 @@ def test_retry_bounds_leave_user_settings_alone() -> None:
 
 
 @pytest.mark.e2e
+def test_embedded_store_records_the_run_evaluation_and_compression(
+    features: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No server: the SQLite store under $RANKER_RUNS holds what training, `evaluate` and `compress` logged."""
+    import mlflow
+
+    from features.strict_yaml import from_dict
+    from pipelines.compress import compress_export
+    from pipelines.evaluate import evaluate_model
+    from pipelines.metrics import EvalConfig
+    from ranker.compress import CompressConfig
+
+    env = {k: v for k, v in _env("").items() if k != "MLFLOW_TRACKING_URI"} | {"RANKER_RUNS": str(tmp_path / "runs")}
+    cmd = [sys.executable, "-m", "pipelines.cli", "train", "--config", str(_config(tmp_path, features))]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "run"
+    results = json.loads((run / "results.json").read_text())
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # restored after the test: MLflow exports it
+    evaluate_model(run / "export", features, run / "eval", eval_config=EvalConfig(n_bootstrap=2))
+    cfg = from_dict(CompressConfig, {"dense_dtype": "bfloat16", "serve": {"program": False}}, "test")
+    compress_export(run / "export", cfg, tmp_path / "small")
+
+    client = mlflow.MlflowClient(tracking_uri=results["mlflow"]["tracking_uri"])
+    logged = client.get_run(results["mlflow"]["run_id"])
+    assert logged.info.status == "FINISHED"
+    assert logged.data.params["model.embedding_dim"] == "8" and logged.data.tags["host"]
+    (dataset,) = logged.inputs.dataset_inputs
+    assert dataset.dataset.digest == read_manifest(features)["fingerprint"]
+    assert {t.key: t.value for t in dataset.tags}["rows.train"] == "400"
+    history = [m.step for m in client.get_metric_history(logged.info.run_id, "valid.click.auc")]
+    assert history == [h["step"] for h in results["history"]]
+    assert logged.data.metrics["test.click.auc"] == pytest.approx(results["test"]["click/auc"])
+    assert "eval.test.click.auc" in logged.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(logged.info.run_id)}
+    assert {"results.json", "feature_map.json", "export", "eval-test", "compress-small"} <= artifacts
+    assert {a.path for a in client.list_artifacts(logged.info.run_id, "eval-test")} == {
+        "eval-test/metrics.json", "eval-test/summary.md", "eval-test/report.html"
+    }  # fmt: skip
+    assert [a.path for a in client.list_artifacts(logged.info.run_id, "compress-small")] == [
+        "compress-small/compression.json"
+    ]
+    assert not (run / "mlflow_missed.jsonl").exists()
+
+
+@pytest.mark.e2e
 @pytest.mark.parametrize("server", ["refuses", "never-answers"])
 def test_dead_server_stops_the_job_before_training(features: Path, tmp_path: Path, server: str) -> None:
     """The job fails in the launching process with one line; MLflow's part of the wait is under 20 s.
