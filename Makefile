@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FASHION_MNIST_FILE := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-SYSTEM_PACKAGES := dataset-fashion-mnist chromium fonts-dejavu-core
+SYSTEM_PACKAGES := dataset-fashion-mnist chromium fonts-dejavu-core openjdk-17-jre-headless
 PYTEST_ARGS ?= -m "not slow"
 
 .PHONY: install system-deps demo test test-all lint format bench clean
@@ -26,10 +26,10 @@ $(STAMP): pyproject.toml requirements/lock.txt
 
 install: $(STAMP)
 
-# Fashion-MNIST photos and the headless browser for the report test come from Debian.
+# Fashion-MNIST photos, the headless browser for the report test and Java for Spark scoring come from Debian.
 system-deps:
 	@if [ -f "$${FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}/train-images-idx3-ubyte.gz" ] \
-		&& command -v chromium >/dev/null 2>&1; then exit 0; fi; \
+		&& command -v chromium >/dev/null 2>&1 && command -v java >/dev/null 2>&1; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSTEM_PACKAGES); \
 	else \

@@ -8,8 +8,6 @@ previous complete build stays as it was).
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -90,20 +88,10 @@ def build_features(
     if not force and steps.is_complete(out_dir, "features", fp):
         return steps.read_manifest(out_dir) or {}
     started = time.time()
-    partial = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
+    with steps.staged(out_dir) as partial:
         results = _build(schema, partial, row_group_size, progress)
         results["inputs"] = steps.input_stamps(inputs)  # training refuses features whose data changed since
         steps.write_manifest(partial, "features", fp, config, results, started)
-        previous = out_dir.parent / f".{out_dir.name}.previous-{os.getpid()}"
-        if out_dir.exists():
-            out_dir.rename(previous)
-        partial.rename(out_dir)
-        shutil.rmtree(previous, ignore_errors=True)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
     return steps.read_manifest(out_dir) or {}
 
 

@@ -8,6 +8,7 @@ Typical session::
     ranker train --config configs/train/movielens-hiformer.yaml --nproc 2
     ranker evaluate --model runs/movielens-hiformer/export --features data/features/movielens-100k
     ranker compress --model runs/movielens-hiformer/export --config configs/compress/hiformer.yaml --out runs/m-c
+    ranker score --model runs/movielens-hiformer/export --input 'new/*.parquet' --out runs/scores
     ranker demo                                 # the whole default job (what `make demo` runs)
 
 Every step writes an output directory with a ``manifest.json`` and is skipped when its inputs have not changed
@@ -166,6 +167,21 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_score(args: argparse.Namespace) -> int:
+    from pipelines.score import score
+
+    manifest = score(args.model, args.input, args.out, args.nproc, args.batch_size, tuple(args.keep), args.force)
+    res = manifest["results"]
+    print(
+        f"scored {res['rows_out']:,} rows of {len(res['inputs'])} file(s) with {res['model']['uri']} "
+        f"({res['nproc']} process(es), {res['rows_per_s']:,.0f} rows/s)"
+    )
+    print(
+        f"scores:   {args.out}/part-*.parquet ({', '.join(res['score_columns'])})\nmanifest: {args.out}/manifest.json"
+    )
+    return 0
+
+
 def _cmd_pretrain_tower(args: argparse.Namespace) -> int:
     import torch
 
@@ -279,6 +295,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--force", action="store_true", help="re-run even if the output is up to date")
     p.set_defaults(func=_cmd_compress)
+
+    p = sub.add_parser(
+        "score",
+        help="score unlabeled raw parquet with an export or a registered model (streamed, resumable)",
+        description="Writes DIR/part-*.parquet (key columns, score_<task>, model_uri, model_fingerprint) and "
+        "DIR/manifest.json. Key columns: the feature map's group and item columns, then every --keep column.",
+    )
+    p.add_argument(
+        "--model", required=True, help="export folder (RUN/export, RUN) or models:/NAME@ALIAS, models:/NAME/VERSION"
+    )
+    p.add_argument("--input", required=True, help="raw parquet: a glob (quote it), a file or a folder")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--nproc", type=int, default=1, help="processes splitting the input's row groups (default 1)")
+    p.add_argument("--batch-size", type=int, default=8192, help="rows per forward pass (default %(default)s)")
+    p.add_argument("--keep", action="append", default=[], metavar="COL", help="also copy this input column")
+    p.add_argument("--force", action="store_true", help="re-run even if the output is up to date")
+    p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser(
         "pretrain-tower",

@@ -79,4 +79,13 @@ def compress_export(model_dir: Path, cfg: CompressConfig, out_dir: Path, force: 
 
         served = load_exported(out_dir)  # serve exactly what load_exported gives
         results["serve"] = write_served(served, out_dir, aoti=cfg.serve.aoti)
-    return steps.write_manifest(out_dir, STEP, fp, to_dict(cfg), results, started)
+    manifest = steps.write_manifest(out_dir, STEP, fp, to_dict(cfg), results, started)
+    if (model_dir.parent / "results.json").exists():
+        from pipelines import tracking
+
+        line = tracking.log_to_training_run(
+            model_dir.parent, {}, [out_dir / "compression.json"], f"compress-{out_dir.name}"
+        )
+        if line:
+            print(f"[compress] {line}", flush=True)
+    return manifest

@@ -132,4 +132,19 @@ def evaluate_model(
             t: {k: v.get("value") if isinstance(v, dict) else v for k, v in m.items()} for t, m in overall.items()
         },
     }
-    return steps.write_manifest(out_dir, "evaluate", fp, config, results, started)
+    manifest = steps.write_manifest(out_dir, "evaluate", fp, config, results, started)
+    _log_to_training_run(export_dir.parent, split, results["overall"], paths)
+    return manifest
+
+
+def _log_to_training_run(run_dir: Path, split: str, overall: dict[str, dict[str, Any]], paths: dict[str, Path]) -> None:
+    """Metrics, metrics.json, summary.md and report.html into the MLflow run that trained the model, if any."""
+    if not (run_dir / "results.json").exists():
+        return
+    from pipelines import tracking
+
+    metrics = {f"eval.{split}.{task}.{k}": v for task, values in overall.items() for k, v in values.items()}
+    artifacts = [paths["json"], paths["markdown"], paths["report"]]
+    line = tracking.log_to_training_run(run_dir, metrics, artifacts, f"eval-{split}")
+    if line:
+        print(f"[evaluate] {line}", flush=True)

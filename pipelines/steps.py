@@ -8,11 +8,14 @@ headline numbers. A step whose manifest matches the current fingerprint is compl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import platform
+import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +80,25 @@ def write_manifest(out_dir: Path, step: str, fp: str, config: Any, results: dict
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     (Path(out_dir) / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
     return manifest
+
+
+@contextlib.contextmanager
+def staged(out_dir: Path) -> Iterator[Path]:
+    """A temporary sibling folder to write a step's output into; it replaces ``out_dir`` when the block succeeds.
+
+    A failed step never leaves a folder that looks finished: the temporary folder is removed and a previous
+    ``out_dir`` stays as it was.
+    """
+    out_dir = Path(out_dir)
+    partial = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        yield partial
+        previous = out_dir.parent / f".{out_dir.name}.previous-{os.getpid()}"
+        if out_dir.exists():
+            out_dir.rename(previous)
+        partial.rename(out_dir)
+        shutil.rmtree(previous, ignore_errors=True)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)

@@ -4,36 +4,186 @@ The tracking store defaults to a SQLite database and artifact folder under ``./r
 file store); ``$MLFLOW_TRACKING_URI`` points it elsewhere, e.g. at an ``mlflow server`` on 127.0.0.1.
 Secrets never reach MLflow: parameters are the run's config, and a value whose key looks like a credential
 (password, token, secret, key, credential, auth) is replaced by ``[redacted]``; environment variables are never
-logged.
+logged, and a URI is shown without its user and password.
+
+MLflow's HTTP client retries a dead server for about 4 minutes (connection refused) or 20 minutes (a server that
+accepts and never answers) by default. :func:`bound_retries` sets tighter defaults (:data:`RETRY_DEFAULTS`) for a
+job's processes, leaving every value the user set; :func:`check_store` is the launching process's check that the
+store answers, so that a dead server stops a job before training, in seconds, with one line.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import platform
 import re
+import subprocess
+import time
+from collections.abc import MutableMapping
+from importlib import metadata
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 
 _MAX_PARAM = 500
+# 3 attempts of at most 4 s each, with 0 s and 2 s (+ up to 1 s jitter) between them: a server that accepts and
+# never answers is given up after about 15 s, a refused connection after about 3 s. MLflow's requests are small
+# (an artifact upload's timeout counts from the end of its body), so 4 s without an answer means a dead server.
+RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "4",
+}
+_VERSIONED = ("torch", "torchrec", "polars", "pyarrow", "mlflow")
 
 
 def default_uri(root: Path = Path("runs")) -> str:
     return f"sqlite:///{root.resolve() / 'mlflow.db'}"
 
 
-def start_run(experiment: str, out_dir: Path, run_name: str | None = None) -> Any:
-    """Starts (or reuses) an experiment and a run; artifacts go beside the store unless the URI says otherwise."""
+def bound_retries(env: MutableMapping[str, str] = os.environ) -> None:
+    """Sets :data:`RETRY_DEFAULTS` in ``env`` where the user has not set them (child processes inherit them)."""
+    for key, value in RETRY_DEFAULTS.items():
+        env.setdefault(key, value)
+
+
+def tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI``, else the SQLite store under ``$RANKER_RUNS`` (default ``runs``)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_uri(Path(os.environ.get("RANKER_RUNS", "runs")))
+
+
+def shown_uri(uri: str) -> str:
+    """``uri`` without a user or password, for messages and records."""
+    parts = urlsplit(uri)
+    if not parts.netloc or "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def _use_experiment(experiment: str) -> str:
+    """Points MLflow at :func:`tracking_uri` and creates ``experiment`` if needed; returns the URI."""
+    bound_retries()
     root = Path(os.environ.get("RANKER_RUNS", "runs"))
-    root.mkdir(parents=True, exist_ok=True)
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or default_uri(root)
+    uri = tracking_uri()
+    if uri.startswith("sqlite:"):
+        root.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     if mlflow.get_experiment_by_name(experiment) is None:
         artifacts = (root / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
         mlflow.create_experiment(experiment, artifact_location=artifacts)
     mlflow.set_experiment(experiment)
-    return mlflow.start_run(run_name=run_name, tags={"out_dir": str(out_dir)})
+    return uri
+
+
+_CAUSES = (
+    "Connection refused",
+    "Read timed out",
+    "Name or service not known",
+    "Temporary failure in name resolution",
+    "No route to host",
+    "Connection reset by peer",
+    "Remote end closed connection without response",
+)
+
+
+def failure_reason(err: BaseException) -> str:
+    """A short reason for a failed MLflow call: the network cause when there is one, else the first line."""
+    text = str(err)
+    for cause in _CAUSES:
+        if cause in text:
+            return cause.lower()
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(err).__name__}: {first[:200]}"
+
+
+def check_store(experiment: str) -> None:
+    """Raises ``ValueError`` (one line) unless the tracking store answers; creates ``experiment`` there.
+
+    Runs in the launching process before any rank starts, with :func:`bound_retries` applied, so a dead server
+    ends the job in seconds instead of after MLflow's default retries.
+    """
+    started = time.monotonic()
+    retries = logging.getLogger("urllib3.connectionpool")  # its "Retrying ..." lines: the error below sums them up
+    level = retries.level
+    retries.setLevel(logging.ERROR)
+    try:
+        uri = _use_experiment(experiment)
+    except Exception as err:  # MlflowException, or a requests error the REST client lets through
+        settings = ", ".join(f"{k.removeprefix('MLFLOW_HTTP_REQUEST_')}={os.environ[k]}" for k in RETRY_DEFAULTS)
+        raise ValueError(
+            f"MLflow tracking store {shown_uri(tracking_uri())} does not answer ({failure_reason(err)}; gave up "
+            f"after {time.monotonic() - started:.1f} s with {settings}); start the server, fix "
+            "MLFLOW_TRACKING_URI, or train without tracking (--set tracking=false)"
+        ) from None
+    finally:
+        retries.setLevel(level)
+    mlflow.set_tracking_uri(uri)
+
+
+def _git_commit() -> str | None:
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def run_tags() -> dict[str, str]:
+    """Where the run ran: git commit (in a git checkout), host, Python and the main packages' versions."""
+    tags = {"host": platform.node(), "version.python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            tags[f"version.{name}"] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    commit = _git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def start_run(experiment: str, out_dir: Path, run_name: str | None = None) -> Any:
+    """Starts a run (creating the experiment if needed), tagged with :func:`run_tags` and ``out_dir``."""
+    _use_experiment(experiment)
+    return mlflow.start_run(run_name=run_name, tags={"out_dir": str(out_dir), **run_tags()})
+
+
+def run_record(run: Any) -> dict[str, str]:
+    """What finds ``run`` again later (``ranker evaluate`` logs to the training run): id, experiment, store."""
+    return {
+        "run_id": run.info.run_id,
+        "experiment_id": run.info.experiment_id,
+        "tracking_uri": shown_uri(tracking_uri()),
+    }
+
+
+def log_features(features_dir: Path, context: str = "training") -> None:
+    """Logs the processed feature folder as the run's dataset input, without reading the data.
+
+    The digest is the feature build's fingerprint (``manifest.json``: schema, config and raw input files), so two
+    runs on the same build share it; the tags hold the row counts per split.
+    """
+    from pipelines import steps
+
+    manifest = steps.read_manifest(features_dir) or {}
+    fmap = json.loads((features_dir / "feature_map.json").read_text())
+    digest = manifest.get("fingerprint") or steps.fingerprint(fmap)
+    splits = (manifest.get("results") or {}).get("splits") or {}
+    tags = {f"rows.{split}": str(rep["rows_out"]) for split, rep in splits.items()}
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    source = LocalArtifactDatasetSource(str(features_dir.resolve()))
+    mlflow.log_input(MetaDataset(source, name=fmap["schema_name"], digest=digest), context=context, tags=tags)
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -60,21 +210,104 @@ def log_params(params: dict[str, Any]) -> None:
     mlflow.log_params({k: str(v)[:_MAX_PARAM] for k, v in redact(params).items()})
 
 
+_UNSAFE = re.compile(r"[^\w\-. :]")  # MLflow also allows "/", which we turn into "." (valid/auc -> valid.auc)
+
+
+def numeric_metrics(values: dict[str, Any]) -> dict[str, float]:
+    """The numeric entries of ``values`` under MLflow-safe names; ``None`` is left out.
+
+    ``/`` becomes ``.``, ``@`` becomes ``_at`` (``ndcg@10`` -> ``ndcg_at10``), anything else MLflow refuses ``_``.
+    """
+    safe = {k: _UNSAFE.sub("_", k.replace("/", ".").replace("@", "_at")) for k in values}
+    return {safe[k]: float(v) for k, v in values.items() if isinstance(v, int | float)}
+
+
 def log_metrics(values: dict[str, Any], step: int) -> None:
-    numeric = {k.replace("/", "."): float(v) for k, v in values.items() if isinstance(v, int | float) and v is not None}
+    numeric = numeric_metrics(values)
     if numeric:
         mlflow.log_metrics(numeric, step=step)
 
 
-def log_artifact(path: Path) -> None:
+def log_artifact(path: Path, artifact_path: str | None = None) -> None:
     if path.is_dir():
-        mlflow.log_artifacts(str(path), artifact_path=path.name)
+        mlflow.log_artifacts(str(path), artifact_path=f"{artifact_path}/{path.name}" if artifact_path else path.name)
     else:
-        mlflow.log_artifact(str(path))
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
 def end_run() -> None:
     mlflow.end_run()
+
+
+def log_to_training_run(run_dir: Path, metrics: dict[str, Any], artifacts: list[Path], artifact_path: str) -> str:
+    """Adds ``metrics`` and ``artifacts`` (under ``artifact_path``) to the training run of ``run_dir``, if tracked.
+
+    The run is the one ``run_dir/results.json`` records (``mlflow``: :func:`run_record`); the store is
+    ``$MLFLOW_TRACKING_URI`` if set, else the recorded one. Returns one line saying where the outputs went, or why
+    not (a step's outputs never depend on MLflow); empty when the run was not tracked.
+    """
+    results = run_dir / "results.json"
+    record = json.loads(results.read_text()).get("mlflow") if results.exists() else None
+    if not record:
+        return ""
+    bound_retries()
+    try:
+        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or record["tracking_uri"])
+        with mlflow.start_run(run_id=record["run_id"]):
+            log_metrics(metrics, step=0)
+            for path in artifacts:
+                log_artifact(path, artifact_path)
+    except Exception as err:  # a dead store must not fail the step whose outputs are already written
+        return f"MLflow: not logged to training run {record['run_id']} ({failure_reason(err)})"
+    return f"MLflow: logged to training run {record['run_id']} under {artifact_path}/"
+
+
+_MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[0-9]+))?$")
+
+
+def download_export(uri: str, dst: Path) -> tuple[Path, dict[str, str]]:
+    """Downloads the export folder of the pyfunc model ``uri`` into ``dst``; returns it and what was resolved.
+
+    ``uri``: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or ``models:/m-<id>`` (a LoggedModel). An alias is
+    resolved once, to a version, before the download, so a promotion during the download cannot mix two models.
+    Only the export travels (not the model's code or environment): the caller scores with
+    :class:`ranker.predict.Predictor`, without pyfunc's per-row input checks. Raises ``ValueError`` (one line).
+    """
+    match = _MODEL_URI.match(uri)
+    if match is None:
+        raise ValueError(f"--model {uri}: expected models:/NAME@ALIAS, models:/NAME/VERSION or models:/m-<id>")
+    bound_retries()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mlflow.set_tracking_uri(tracking_uri())
+    name, alias, version = match["name"], match["alias"], match["version"]
+    info = {"requested": uri, "uri": uri, "name": name, "version": version or ""}
+    try:
+        if alias or version:
+            client = mlflow.MlflowClient()
+            found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+            info.update(uri=f"models:/{name}/{found.version}", version=str(found.version), source=str(found.source))
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{info['uri']}/artifacts/{EXPORT_ARTIFACT}", dst_path=str(dst)
+        )
+    except Exception as err:  # MlflowException (unknown name, alias or version), or a dead store
+        raise ValueError(
+            f"--model {uri}: could not be resolved in the MLflow store {shown_uri(tracking_uri())} "
+            f"({failure_reason(err)})"
+        ) from None
+    return Path(local), info
+
+
+def spark_udf(spark: Any, uri: str) -> tuple[Any, list[str]]:
+    """The pyfunc model ``uri`` as a Spark UDF run in this interpreter's environment, and its input column names.
+
+    ``env_manager="local"``: executors use ``PYSPARK_PYTHON`` (which must have the project installed) rather than
+    building a virtualenv per executor. The UDF returns a struct of ``score_<task>`` doubles (the signature).
+    """
+    bound_retries()
+    mlflow.set_tracking_uri(tracking_uri())
+    udf = mlflow.pyfunc.spark_udf(spark, uri, env_manager="local")
+    signature = mlflow.models.get_model_info(uri).signature
+    return udf, signature.inputs.input_names()
 
 
 # -- Packaging: an export as an MLflow pyfunc model ------------------------------------------------------------------

@@ -44,7 +44,7 @@ from torchrec.optim.keyed import CombinedOptimizer
 from features.batch import RankBatch
 from features.images import load_images
 from features.loader import RankLoader
-from features.processor import FeatureMap, processed_files
+from features.processor import FEATURE_MAP, FeatureMap, processed_files
 from features.strict_yaml import load_yaml, parse_overrides, to_dict
 from pipelines import checkpoints, steps
 from pipelines import metrics as M
@@ -138,8 +138,8 @@ def preflight(cfg: TrainConfig, resume: bool = False, cuda: bool | None = None) 
 
     The feature folder (feature map, processed splits, and its data unchanged since the build), the model (built on
     the ``meta`` device: interaction and tower arguments, image data, pretrained tower file), sharding types for the
-    device, and with ``resume`` a complete, intact checkpoint to resume from. Raises ``ValueError`` /
-    ``FileNotFoundError``.
+    device, with ``resume`` a complete, intact checkpoint to resume from, and with ``tracking`` that the MLflow store
+    answers (bounding MLflow's retries for the job's processes). Raises ``ValueError`` / ``FileNotFoundError``.
     """
     features = Path(cfg.features)
     if not features.is_dir():
@@ -162,6 +162,10 @@ def preflight(cfg: TrainConfig, resume: bool = False, cuda: bool | None = None) 
         raise ValueError(f"sharding_types: {wrong} need CUDA; on CPU TorchRec offers {list(CPU_SHARDING_TYPES)}")
     if resume:
         checkpoints.newest_intact(Path(cfg.out_dir) / CHECKPOINTS)
+    if cfg.tracking:
+        from pipelines import tracking
+
+        tracking.check_store(cfg.experiment)  # last: the slowest check, and a dead server is no config error
 
 
 def seed_everything(seed: int) -> None:
@@ -221,15 +225,22 @@ def _fault(where: str, step: int) -> None:
     """Test hook injecting a real fault: ``RANKER_FAULT=KIND:RANK:STEP[:MARKER]``.
 
     KIND ``kill`` (SIGKILL right after training step STEP), ``kill-saving`` (SIGKILL while saving the checkpoint
-    of step STEP, its files written but not sealed) or ``hang`` (sleep forever after step STEP) on rank RANK.
-    With MARKER (a file path) the fault fires once: only while MARKER does not exist, which it then creates.
+    of step STEP, its files written but not sealed), ``hang`` (sleep forever after step STEP) or ``pause`` (wait
+    after step STEP until the file MARKER exists, while a test changes the world, e.g. stops the MLflow server) on
+    rank RANK. For the other kinds, with MARKER the fault fires once: only while MARKER does not exist, which it
+    then creates.
     """
     spec = os.environ.get(FAULT_ENV, "")
     if not spec:
         return
     kind, rank, at, *marker = spec.split(":", 3)
-    fires = {"kill": "step", "hang": "step", "kill-saving": "saving"}[kind] == where
+    fires = {"kill": "step", "hang": "step", "pause": "step", "kill-saving": "saving"}[kind] == where
     if not fires or int(rank) != dist.get_rank() or int(at) != step:
+        return
+    if kind == "pause":
+        print(f"[train] {FAULT_ENV}: rank {rank} paused after step {step} until {marker[0]} exists", flush=True)
+        while not Path(marker[0]).exists():
+            time.sleep(0.1)
         return
     if marker:
         if Path(marker[0]).exists():
@@ -296,30 +307,78 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: CombinedOptim
     return TrainerState(**json.loads((path / STATE_FILE).read_text()))
 
 
+MISSED = "mlflow_missed.jsonl"
+
+
 class _Tracker:
-    """MLflow logging from rank 0 only (``pipelines.tracking`` owns the mlflow import)."""
+    """MLflow logging from rank 0 only (``pipelines.tracking`` owns the mlflow import); it never stops training.
+
+    The first failed call (the server went away, a full disk under the store) turns logging off for the rest of the
+    run, so a dead server costs the training one bounded wait: from then on every metric record, and the artifacts,
+    go to ``out_dir/mlflow_missed.jsonl`` instead, and :meth:`finish` says so in one line.
+    """
 
     def __init__(self, cfg: TrainConfig, enabled: bool) -> None:
-        self.run = None
-        if enabled and cfg.tracking:
-            from pipelines import tracking
+        self.run: Any = None
+        self.enabled = enabled and cfg.tracking
+        self.missed_path = Path(cfg.out_dir) / MISSED
+        self.failure = ""
+        self.missed = 0
+        if not self.enabled:
+            return
+        self.missed_path.unlink(missing_ok=True)  # from an earlier attempt of this run
+        from pipelines import tracking
 
+        def start() -> None:
             self.run = tracking.start_run(cfg.experiment, Path(cfg.out_dir), run_name=Path(cfg.out_dir).name)
             tracking.log_params(to_dict(cfg))
+            tracking.log_features(Path(cfg.features))
+
+        self._call(start, {"kind": "params", "values": to_dict(cfg)}, step=0)
+
+    def _call(self, log: Callable[[], None], record: dict[str, Any], step: int) -> None:
+        """Runs ``log``; when MLflow failed, now or before, appends ``record`` to the missed file instead."""
+        if not self.failure:
+            try:
+                log()
+                return
+            except Exception as err:  # any failure of the logging call, never of training: record and go on
+                from pipelines import tracking
+
+                self.failure = f"{tracking.failure_reason(err)} at step {step}"
+                print(f"[train] MLflow logging failed ({self.failure}); training goes on, logging to "
+                      f"{self.missed_path}", flush=True)  # fmt: skip
+        self.missed += 1
+        with self.missed_path.open("a") as f:
+            f.write(json.dumps({"step": step, **record}, default=str) + "\n")
 
     def metrics(self, values: dict[str, float | None], step: int) -> None:
-        if self.run is not None:
+        if self.enabled:
             from pipelines import tracking
 
-            tracking.log_metrics(values, step)
+            numeric = tracking.numeric_metrics(values)
+            self._call(lambda: tracking.log_metrics(values, step), {"kind": "metrics", "values": numeric}, step)
 
-    def finish(self, artifacts: list[Path]) -> None:
-        if self.run is not None:
-            from pipelines import tracking
+    def record(self) -> dict[str, str] | None:
+        """Where the run is (:func:`pipelines.tracking.run_record`), if it was started."""
+        if self.run is None:
+            return None
+        from pipelines import tracking
 
-            for path in artifacts:
-                tracking.log_artifact(path)
-            tracking.end_run()
+        return tracking.run_record(self.run)
+
+    def finish(self, artifacts: list[Path], step: int) -> None:
+        """Logs ``artifacts`` and ends the run."""
+        if not self.enabled:
+            return
+        from pipelines import tracking
+
+        for path in artifacts:
+            self._call(lambda path=path: tracking.log_artifact(path), {"kind": "artifact", "path": str(path)}, step)
+        self._call(tracking.end_run, {"kind": "end"}, step)
+        if self.failure:
+            print(f"[train] MLflow: {self.missed} record(s) not logged ({self.failure}); they are in "
+                  f"{self.missed_path}", flush=True)  # fmt: skip
 
 
 def train(cfg: TrainConfig, resume: bool = False, stop_at_step: int = 0) -> dict[str, Any]:
@@ -418,8 +477,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at_step: int = 0) -> dict
                 record = {"step": state.step, "epoch": epoch, "train/loss": window}
                 record.update({f"valid/{k}": v for k, v in valid.items()})
                 state.history.append(record)
-                tracker.metrics(record, state.step)
                 save_checkpoint(ckpt_root, dmp, optimizer, state, cfg.keep_checkpoints)
+                tracker.metrics(record, state.step)  # after the save: logging can never cost a checkpoint
                 if rank == 0:
                     print(f"[train] step {state.step}: " + json.dumps(record), flush=True)
                 if stop_at_step and state.step >= stop_at_step:
@@ -452,9 +511,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at_step: int = 0) -> dict
         scored = predict(test_loader, model_cpu)
         results["test"] = task_metrics(scored, fmap.labels)
         results["export_dir"] = str(export_dir)
-        (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
         tracker.metrics({f"test/{k}": v for k, v in results["test"].items()}, state.step)
-        tracker.finish([out_dir / "results.json", export_dir])
+        results["mlflow"] = tracker.record()
+        (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        tracker.finish([out_dir / "results.json", export_dir / FEATURE_MAP, export_dir], state.step)
         print(f"[train] test metrics of the exported model: {json.dumps(results['test'])}", flush=True)
     return broadcast_from_rank0(results)
 

@@ -15,6 +15,7 @@ Layout of an export directory::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import shutil
@@ -91,6 +92,18 @@ def export_checkpoint(
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return out_dir
+
+
+def export_digest(export_dir: str | Path) -> str:
+    """SHA-256 (16 hex digits) of every file's relative path and bytes: the same model wherever the folder lies."""
+    export_dir = Path(export_dir)
+    h = hashlib.sha256()
+    for path in sorted(p for p in export_dir.rglob("*") if p.is_file()):
+        h.update(f"{path.relative_to(export_dir)}\0".encode())
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def load_exported(export_dir: str | Path) -> Ranker:

@@ -1,0 +1,185 @@
+"""MLflow tracking of training: what a run records, a dead server before training, a server lost mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.build_features import build_features
+from pipelines.steps import read_manifest
+from tests.helpers import write_tiny_dataset
+from tests.helpers_mlflow import free_port, mlflow_server
+
+ROOT = Path(__file__).parents[2]
+RETRY_KEYS = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tracking")
+    build_features(write_tiny_dataset(root / "raw", n=400), root / "features", progress=False)
+    return root / "features"
+
+
+def _config(tmp_path: Path, features: Path, **overrides: object) -> Path:
+    cfg = {
+        "features": str(features),
+        "out_dir": str(tmp_path / "run"),
+        "model": {"interaction": "hiformer", "embedding_dim": 8, "interaction_kwargs": {"hiformer": {"num_layers": 1}}},
+        "batch_size": 32,
+        "epochs": 2,
+        "eval_every": 4,
+        "patience": 100,
+        "experiment": "tracking-test",
+        **overrides,
+    }
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _env(uri: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in RETRY_KEYS}
+    return {**env, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1", **extra}
+
+
+@pytest.mark.unit
+def test_retry_bounds_leave_user_settings_alone() -> None:
+    from pipelines import tracking
+
+    env = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+    tracking.bound_retries(env)
+    assert env == {**tracking.RETRY_DEFAULTS, "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+    assert tracking.shown_uri("https://me:pw@mlflow.example:5000/x") == "https://mlflow.example:5000/x"
+
+
+@pytest.mark.e2e
+def test_embedded_store_records_the_run_evaluation_and_compression(
+    features: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No server: the SQLite store under $RANKER_RUNS holds what training, `evaluate` and `compress` logged."""
+    import mlflow
+
+    from features.strict_yaml import from_dict
+    from pipelines.compress import compress_export
+    from pipelines.evaluate import evaluate_model
+    from pipelines.metrics import EvalConfig
+    from ranker.compress import CompressConfig
+
+    env = {k: v for k, v in _env("").items() if k != "MLFLOW_TRACKING_URI"} | {"RANKER_RUNS": str(tmp_path / "runs")}
+    cmd = [sys.executable, "-m", "pipelines.cli", "train", "--config", str(_config(tmp_path, features))]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "run"
+    results = json.loads((run / "results.json").read_text())
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # restored after the test: MLflow exports it
+    evaluate_model(run / "export", features, run / "eval", eval_config=EvalConfig(n_bootstrap=2))
+    cfg = from_dict(CompressConfig, {"dense_dtype": "bfloat16", "serve": {"program": False}}, "test")
+    compress_export(run / "export", cfg, tmp_path / "small")
+
+    client = mlflow.MlflowClient(tracking_uri=results["mlflow"]["tracking_uri"])
+    logged = client.get_run(results["mlflow"]["run_id"])
+    assert logged.info.status == "FINISHED"
+    assert logged.data.params["model.embedding_dim"] == "8" and logged.data.tags["host"]
+    (dataset,) = logged.inputs.dataset_inputs
+    assert dataset.dataset.digest == read_manifest(features)["fingerprint"]
+    assert {t.key: t.value for t in dataset.tags}["rows.train"] == "400"
+    history = [m.step for m in client.get_metric_history(logged.info.run_id, "valid.click.auc")]
+    assert history == [h["step"] for h in results["history"]]
+    assert logged.data.metrics["test.click.auc"] == pytest.approx(results["test"]["click/auc"])
+    assert "eval.test.click.auc" in logged.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(logged.info.run_id)}
+    assert {"results.json", "feature_map.json", "export", "eval-test", "compress-small"} <= artifacts
+    assert {a.path for a in client.list_artifacts(logged.info.run_id, "eval-test")} == {
+        "eval-test/metrics.json", "eval-test/summary.md", "eval-test/report.html"
+    }  # fmt: skip
+    assert [a.path for a in client.list_artifacts(logged.info.run_id, "compress-small")] == [
+        "compress-small/compression.json"
+    ]
+    assert not (run / "mlflow_missed.jsonl").exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("server", ["refuses", "never-answers"])
+def test_dead_server_stops_the_job_before_training(features: Path, tmp_path: Path, server: str) -> None:
+    """The job fails in the launching process with one line; MLflow's part of the wait is under 20 s.
+
+    The whole process is timed too, but its start-up (torch, TorchRec and MLflow imports) takes 10-40 s on 2 busy
+    shared cores, so only a loose bound is asserted on it: far below MLflow's unbounded 4 minutes.
+    """
+    port = free_port()
+    with socket.socket() as listener:
+        if server == "never-answers":  # the kernel accepts connections into the backlog; nobody ever reads them
+            listener.bind(("127.0.0.1", port))
+            listener.listen(16)
+        cmd = [sys.executable, "-m", "pipelines.cli", "train", "--config", str(_config(tmp_path, features))]
+        started = time.monotonic()
+        out = subprocess.run(cmd, cwd=ROOT, env=_env(f"http://127.0.0.1:{port}"), capture_output=True, text=True,
+                             timeout=300)  # fmt: skip
+        seconds = time.monotonic() - started
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    waited = float(re.search(r"gave up after ([0-9.]+) s", lines[-1]).group(1))  # type: ignore[union-attr]
+    print(f"{server}: the job failed after {seconds:.1f} s, of which MLflow {waited:.1f} s")
+    assert waited < 20 and seconds < 120, (seconds, lines[-1])
+    cause = "connection refused" if server == "refuses" else "read timed out"
+    assert lines[-1].startswith(
+        f"ranker: error: MLflow tracking store http://127.0.0.1:{port} does not answer ({cause}"
+    )
+    assert "Traceback" not in out.stderr and "[train]" not in out.stdout  # no rank ever started
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.dist
+@pytest.mark.slow
+def test_server_lost_mid_run_costs_no_checkpoint(features: Path, tmp_path: Path) -> None:
+    """The server is killed while rank 0 waits after step 5: later metrics go to the missed file, training ends."""
+    import mlflow
+
+    go = tmp_path / "go"
+    with mlflow_server(tmp_path / "server") as server:
+        cmd = [sys.executable, "-m", "pipelines.cli", "train", "--config", str(_config(tmp_path, features)),
+               "--nproc", "2"]  # fmt: skip
+        env = _env(server.uri, RANKER_FAULT=f"pause:0:5:{go}")
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout is not None
+        log = []
+        for line in proc.stdout:
+            log.append(line)
+            if "paused after step 5" in line:
+                server.stop(signal.SIGKILL)
+                assert not server.healthy()
+                go.touch()
+        code = proc.wait(timeout=600)
+    text = "".join(log)
+    assert code == 0, text[-4000:]
+    run = tmp_path / "run"
+    results = json.loads((run / "results.json").read_text())
+    assert results["steps"] == 14
+    ckpts = sorted(p.name for p in (run / "checkpoints").glob("step-*") if (p / "COMPLETE").exists())
+    assert ckpts[-1] == "step-00000014"
+    missed = [json.loads(line) for line in (run / "mlflow_missed.jsonl").read_text().splitlines()]
+    metric_steps = [m["step"] for m in missed if m["kind"] == "metrics" and "valid.click.auc" in m["values"]]
+    assert metric_steps == [h["step"] for h in results["history"] if h["step"] > 5]
+    assert [m["kind"] for m in missed][-1] == "end" and any(m["kind"] == "artifact" for m in missed)
+    summary = [line for line in log if line.startswith("[train] MLflow:")]
+    assert len(summary) == 1 and f"{len(missed)} record(s) not logged" in summary[0], text[-3000:]
+    # What reached the server before it died is in its store: params, tags, the dataset, step 4's metrics.
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{server.db}")
+    (logged,) = client.search_runs([client.get_experiment_by_name("tracking-test").experiment_id])
+    assert logged.data.params["batch_size"] == "32" and logged.data.tags["out_dir"] == str(run)
+    assert logged.data.tags["mlflow.source.git.commit"] and logged.data.tags["version.torch"]
+    (dataset,) = logged.inputs.dataset_inputs
+    assert dataset.dataset.digest == read_manifest(features)["fingerprint"]
+    assert [m.step for m in client.get_metric_history(logged.info.run_id, "valid.click.auc")] == [4]
