@@ -313,6 +313,21 @@ class _Tracker:
 
             tracking.log_metrics(values, step)
 
+    def log_model(self, export_dir: Path) -> str | None:
+        """Logs the export as a pyfunc model of the run; its ``models:/m-...`` URI, or None when not logged.
+
+        A failure here loses nothing: the export is on disk and ``ranker register RUN`` logs it later.
+        """
+        if self.run is None:
+            return None
+        from pipelines import registry, tracking
+
+        try:
+            return str(tracking.log_model(export_dir, registry.example_rows(export_dir)).model_uri)
+        except Exception as err:  # any tracking failure: the export is kept and `ranker register` logs it later
+            print(f"[train] the model was not logged ({type(err).__name__}: {err}); the export is kept", flush=True)
+            return None
+
     def finish(self, artifacts: list[Path]) -> None:
         if self.run is not None:
             from pipelines import tracking
@@ -452,6 +467,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at_step: int = 0) -> dict
         scored = predict(test_loader, model_cpu)
         results["test"] = task_metrics(scored, fmap.labels)
         results["export_dir"] = str(export_dir)
+        results["model_uri"] = tracker.log_model(export_dir)
         (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
         tracker.metrics({f"test/{k}": v for k, v in results["test"].items()}, state.step)
         tracker.finish([out_dir / "results.json", export_dir])

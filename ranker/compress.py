@@ -87,6 +87,7 @@ class CompressConfig:
     finetune: FinetuneConfig | None = None
     dense_dtype: str = "float32"
     serve: ServeConfig = ServeConfig()
+    tracking: bool = True  # `ranker compress` logs the compressed export as an MLflow model (pipelines.registry)
 
     def __post_init__(self) -> None:
         if self.dense_dtype not in DENSE_DTYPES:
