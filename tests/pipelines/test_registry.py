@@ -189,6 +189,7 @@ def test_rollback_and_idempotent_rerun(world, registry_env, capsys) -> None:
     assert "no registered model 'nosuchmodel'" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # two fresh processes importing torch and MLflow: 184 s wall on the loaded 2-core machine
 def test_concurrent_promotions_are_serialised(world, registry_env, capsys) -> None:
     """Two gate processes at once: the lock orders them, so the second compares with the first's result."""
     first = _register(world["shifted"], "race", capsys)
