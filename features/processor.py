@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -407,15 +408,28 @@ def _output_exprs(
     exprs = _model_input_exprs(fmap, out_dir, lf)
     exprs += [label_expr(lb).alias(name) for lb, name in zip(labels, fmap.label_names, strict=True)]
     exprs += _key_exprs(fmap, out_dir, lf, items)
-    for entity in fmap.cold_entities:
-        seen = pl.read_parquet(out_dir / TRAIN_VALUES / f"{entity}.parquet")[entity]
-        exprs.append((~pl.col(entity).is_in(seen.implode())).alias(f"{COLD_PREFIX}{entity}"))
+    exprs += cold_exprs(fmap, out_dir, fmap.cold_entities)
     exprs += [pl.col(c).alias(f"{SLICE_PREFIX}{c}") for c in fmap.slices]
     taken = {e.meta.output_name() for e in exprs}
     clashes = [c for c in fmap.passthrough if c in taken]
     if clashes:
         raise ValueError(f"passthrough column(s) {clashes} clash with processed column names")
     return exprs + [pl.col(c) for c in fmap.passthrough]
+
+
+def cold_exprs(fmap: FeatureMap, out_dir: Path, entities: Sequence[str]) -> list[pl.Expr]:
+    """``is_cold_<entity>`` (value unseen in training) per entity; ``out_dir``: a feature folder or an export."""
+    missing = [e for e in entities if e not in fmap.cold_entities]
+    if missing:
+        raise ValueError(f"{out_dir}: no training values of {missing}; cold entities: {list(fmap.cold_entities)}")
+    exprs = []
+    for entity in entities:
+        path = Path(out_dir) / TRAIN_VALUES / f"{entity}.parquet"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: missing; an export written before it was kept, re-export the run")
+        seen = pl.read_parquet(path)[entity]
+        exprs.append((~pl.col(entity).is_in(seen.implode())).alias(f"{COLD_PREFIX}{entity}"))
+    return exprs
 
 
 def model_inputs(fmap: FeatureMap, out_dir: Path, frame: pl.DataFrame, items: pl.DataFrame | None) -> pl.DataFrame:

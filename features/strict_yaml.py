@@ -108,14 +108,18 @@ def load_yaml(cls: type[T], path: str | Path, overrides: dict[str, Any] | None =
         raise ConfigError(f"{path}: config file not found") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from err
-    data = {} if data is None else data
+    return from_dict(cls, apply_overrides({} if data is None else data, overrides), where=f"{path}:")
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """``data`` with each dotted key of ``overrides`` (``train.lr``) set, creating missing parents."""
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")
         for key in parents:
             node = node.setdefault(key, {})
         node[leaf] = value
-    return from_dict(cls, data, where=f"{path}:")
+    return data
 
 
 def to_dict(obj: Any) -> Any:

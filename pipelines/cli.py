@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_DATA_DIR = Path(os.environ.get("RANKER_DATA", "data"))
+DEFAULT_MODEL_NAME = "hiformer-ranker"  # registered model name of register/promote/rollback
 
 
 def _print_json(obj: Any) -> None:
@@ -164,6 +165,11 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     res = manifest["results"]
     print(f"compressed: {args.out} ({res['parameters']:,} parameters, model.pt {res['model_bytes']:,} bytes)")
     _print_json(res["applied"])
+    if cfg.tracking:
+        from pipelines import registry, tracking
+
+        tracking.connect()
+        print(f"model: {registry.ensure_logged(args.out)[1]}")
     return 0
 
 
@@ -180,6 +186,67 @@ def _cmd_score(args: argparse.Namespace) -> int:
         f"scores:   {args.out}/part-*.parquet ({', '.join(res['score_columns'])})\nmanifest: {args.out}/manifest.json"
     )
     return 0
+
+
+# -- Registry: register, promote, rollback (pipelines.registry) ------------------------------------------------------
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    from pipelines.registry import register_run
+
+    version = register_run(args.run, args.name)
+    print(f"registered {args.name} version {version} (alias challenger): models:/{args.name}/{version}")
+    return 0
+
+
+def _promote_config(args: argparse.Namespace) -> Any:
+    from features.strict_yaml import parse_overrides
+    from pipelines.registry import load_promote_config
+
+    return load_promote_config(args.config, parse_overrides(args.set))
+
+
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from pipelines.registry import promote
+
+    outcome = promote(args.name, _promote_config(args), args.version)
+    if outcome.report is not None:
+        print(f"gate report: {outcome.report}")
+    if outcome.code:
+        print(f"ranker: promote: {outcome.message}", file=sys.stderr)
+    else:
+        print(outcome.message)
+    return outcome.code
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from pipelines.registry import rollback
+
+    print(rollback(args.name, _promote_config(args)).message)
+    return 0
+
+
+def _add_registry_commands(sub: Any) -> None:
+    name_help = f"registered model name (default: $RANKER_MODEL_NAME or {DEFAULT_MODEL_NAME})"
+    default_name = os.environ.get("RANKER_MODEL_NAME", DEFAULT_MODEL_NAME)
+    p = sub.add_parser(
+        "register",
+        help="log a run's export as an MLflow model (if not yet logged), register it, set alias challenger",
+    )
+    p.add_argument("run", type=Path, help="training run folder (RUN, holding export/) or an export folder")
+    p.add_argument("--name", default=default_name, help=name_help)
+    p.set_defaults(func=_cmd_register)
+    for command, func, text in (
+        ("promote", _cmd_promote, "run the promotion gate: challenger vs champion on a frozen holdout"),
+        ("rollback", _cmd_rollback, "move alias champion back to previous"),
+    ):
+        p = sub.add_parser(command, help=text, description=text)
+        p.add_argument("name", nargs="?", default=default_name, help=name_help)
+        p.add_argument("--config", type=Path, help="gate config YAML (see configs/promote/default.yaml)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+        if command == "promote":
+            p.add_argument("--version", type=int, help="version to promote (default: alias challenger)")
+        p.set_defaults(func=func)
 
 
 def _cmd_pretrain_tower(args: argparse.Namespace) -> int:
@@ -325,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_pretrain_tower)
 
+    _add_registry_commands(sub)
+
     p = sub.add_parser("demo", help="the default job on the built-in data sets")
     p.add_argument("--rows", type=int, default=200_000, help="fashion-clicks rows (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and sampling")
@@ -341,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     silence_known_library_noise()
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, ChildProcessError) as err:  # ChildProcessError: a failed job
+    except (ValueError, FileNotFoundError, ChildProcessError, TimeoutError) as err:  # ChildProcessError: a failed job
         print(f"ranker: error: {err}", file=sys.stderr)
         return 2
 

@@ -524,13 +524,17 @@ def _delta_table(entry: Mapping[str, Any], level: float) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
-def render_comparison(comparison: Mapping[str, Any], title: str | None = None) -> str:
-    """A ``compare`` result as one HTML page: deltas with paired intervals overall, per slice and cold/warm."""
+def render_comparison(comparison: Mapping[str, Any], title: str | None = None, preface: Sequence[str] = ()) -> str:
+    """A ``compare`` result as one HTML page: deltas with paired intervals overall, per slice and cold/warm.
+
+    ``preface``: HTML sections shown before the summary (a promotion gate's decision).
+    """
     if comparison.get("kind") != "comparison":
         raise ValueError(f"expected a compare() result, got kind {comparison.get('kind')!r}")
     a, b = comparison["models"]["a"]["name"], comparison["models"]["b"]["name"]
     level = comparison["config"]["ci_level"]
     parts = [
+        *preface,
         "<h2>Summary</h2>",
         f'<p class="note">A = {_e(a)}, B = {_e(b)}. Intervals are paired: both models are scored on the same '
         "resampled groups. A verdict is given when the interval excludes 0.</p>",
@@ -549,6 +553,37 @@ def render_comparison(comparison: Mapping[str, Any], title: str | None = None) -
         f"<div><h3>Data</h3>{_kv_table(comparison['data'])}</div></div>",
     ]
     return _page(title or f"{b} vs {a}", _badges(comparison), parts)
+
+
+def render_gate(
+    title: str,
+    decision: str,
+    reason: str,
+    checks: Sequence[tuple[str, bool, str]],
+    facts: Mapping[str, Any],
+    comparison: Mapping[str, Any] | None,
+) -> str:
+    """A promotion gate's report: the decision, each condition (name, held, detail), then the comparison.
+
+    ``comparison``: the ``compare`` result of champion (A) and challenger (B), or None when nothing was compared
+    (the first promotion).
+    """
+    color = VERDICT_COLORS["better" if decision == "passed" else "worse"]
+    rows = "".join(
+        f'<tr><td>{_e(name)}</td><td style="color:{VERDICT_COLORS["better" if held else "worse"]}">'
+        f"{'held' if held else 'failed'}</td><td>{_e(detail)}</td></tr>"
+        for name, held, detail in checks
+    )
+    table = f"<table><tr><th>condition</th><th>result</th><th>detail</th></tr>{rows}</table>" if checks else ""
+    preface = [
+        f'<h2>Decision: <span style="color:{color}">{_e(decision)}</span></h2>',
+        f'<p class="note">{_e(reason)}</p>',
+        table,
+        f"<h3>Gate</h3>{_kv_table(facts)}",
+    ]
+    if comparison is None:
+        return _page(title, "", preface)
+    return render_comparison(comparison, title, preface)
 
 
 def write_comparison_report(comparison: Mapping[str, Any], out_dir: str | Path) -> Path:

@@ -20,6 +20,7 @@ import os
 import platform
 import re
 import subprocess
+import tempfile
 import time
 from collections.abc import MutableMapping
 from importlib import metadata
@@ -28,6 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
+import pandas as pd
 
 _MAX_PARAM = 500
 # 3 attempts of at most 4 s each, with 0 s and 2 s (+ up to 1 s jitter) between them: a server that accepts and
@@ -64,14 +66,20 @@ def shown_uri(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
-def _use_experiment(experiment: str) -> str:
-    """Points MLflow at :func:`tracking_uri` and creates ``experiment`` if needed; returns the URI."""
+def connect() -> str:
+    """Points MLflow at :func:`tracking_uri` with bounded retries (the default store's folder created); its URI."""
     bound_retries()
-    root = Path(os.environ.get("RANKER_RUNS", "runs"))
     uri = tracking_uri()
     if uri.startswith("sqlite:"):
-        root.mkdir(parents=True, exist_ok=True)
+        Path(os.environ.get("RANKER_RUNS", "runs")).mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def _use_experiment(experiment: str) -> str:
+    """Points MLflow at :func:`tracking_uri` and creates ``experiment`` if needed; returns the URI."""
+    uri = connect()
+    root = Path(os.environ.get("RANKER_RUNS", "runs"))
     if mlflow.get_experiment_by_name(experiment) is None:
         artifacts = (root / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
         mlflow.create_experiment(experiment, artifact_location=artifacts)
@@ -330,9 +338,12 @@ class RankerPyfunc(mlflow.pyfunc.PythonModel):
 
         self.predictor = Predictor(context.artifacts[EXPORT_ARTIFACT])
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
-        import pandas as pd
+    # pandas hints: MLflow infers no signature from them (the explicit one stands) and stops asking for hints.
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        from features.validate import DataError
 
+        if len(model_input) == 0:  # a 4xx for a request without rows, rather than an empty 200
+            raise DataError("model input: no rows to score")
         scores = self.predictor.predict(model_input, where="model input")  # (B, K)
         return pd.DataFrame({f"score_{t}": scores[:, k].astype("float64") for k, t in enumerate(self.predictor.tasks)})
 
@@ -379,20 +390,115 @@ def _requirements() -> list[str]:
     return pins
 
 
-def log_model(export_dir: Path, input_example: Any, registered_name: str | None = None) -> Any:
+# Models-from-code: MLflow runs this file to build the model, so nothing is pickled; it is written at log time
+# (not a repository module) so that pipelines/tracking.py stays the one module importing mlflow.
+_MODEL_CODE = """import mlflow
+
+from pipelines.tracking import RankerPyfunc
+
+mlflow.models.set_model(RankerPyfunc())
+"""
+
+
+def log_model(export_dir: Path, input_example: Any | None, registered_name: str | None = None) -> Any:
     """Logs ``export_dir`` as a pyfunc LoggedModel (in the active run, if any); returns MLflow's ``ModelInfo``.
 
-    ``input_example``: a few raw rows (pandas) stored with the model; ``info.model_uri`` is ``models:/m-...``.
-    The project's packages travel as ``code_paths``, so a fresh process needs only the pinned requirements.
+    ``input_example``: a few raw rows (pandas) stored with the model, or None; ``info.model_uri`` is
+    ``models:/m-...``. The project's packages travel as ``code_paths``, so a fresh process needs only the pinned
+    requirements.
     """
     root = Path(__file__).resolve().parents[1]
-    return mlflow.pyfunc.log_model(
-        name=MODEL_NAME,
-        python_model=RankerPyfunc(),
-        artifacts={EXPORT_ARTIFACT: str(export_dir)},
-        signature=model_signature(export_dir),
-        input_example=input_example,
-        code_paths=[str(root / p) for p in ("features", "ranker", "vision_towers", "pipelines")],
-        pip_requirements=_requirements(),
-        registered_model_name=registered_name,
+    with tempfile.TemporaryDirectory() as tmp:
+        code = Path(tmp) / "ranker_model.py"
+        code.write_text(_MODEL_CODE)
+        return mlflow.pyfunc.log_model(
+            name=MODEL_NAME,
+            python_model=str(code),
+            artifacts={EXPORT_ARTIFACT: str(export_dir)},
+            signature=model_signature(export_dir),
+            input_example=input_example,
+            code_paths=[str(root / p) for p in ("features", "ranker", "vision_towers", "pipelines")],
+            pip_requirements=_requirements(),
+            registered_model_name=registered_name,
+        )
+
+
+# -- Registry: versions, aliases and tags of registered models --------------------------------------------------------
+
+
+def logged_model_exists(model_uri: str) -> bool:
+    """Whether ``models:/m-...`` names a LoggedModel of the current tracking store."""
+    model_id = model_uri.removeprefix("models:/")
+    if not model_id.startswith("m-"):
+        return False
+    try:
+        mlflow.get_logged_model(model_id)
+    except mlflow.exceptions.MlflowException:
+        return False
+    return True
+
+
+def register(model_uri: str, name: str, tags: dict[str, str]) -> int:
+    """Registers ``model_uri`` under ``name`` (created on first use); returns the new version number."""
+    version = mlflow.register_model(model_uri, name, tags=tags)
+    return int(version.version)
+
+
+def aliases(name: str) -> dict[str, int]:
+    """Alias -> version of the registered model ``name`` (the REST store returns strings, sqlite ints)."""
+    try:
+        model = mlflow.MlflowClient().get_registered_model(name)
+    except mlflow.exceptions.MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise ValueError(f"no registered model {name!r} at {mlflow.get_tracking_uri()}") from err
+    return {alias: int(v) for alias, v in model.aliases.items()}
+
+
+def set_alias(name: str, alias: str, version: int) -> None:
+    mlflow.MlflowClient().set_registered_model_alias(name, alias, str(version))
+
+
+def delete_alias(name: str, alias: str) -> None:
+    mlflow.MlflowClient().delete_registered_model_alias(name, alias)
+
+
+def version_tags(name: str, version: int) -> dict[str, str]:
+    return dict(mlflow.MlflowClient().get_model_version(name, str(version)).tags)
+
+
+def set_version_tags(name: str, version: int, tags: dict[str, str]) -> None:
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, value)
+
+
+def load_predictor(model_uri: str) -> Any:
+    """The :class:`ranker.predict.Predictor` of a logged ranker model (no per-row schema enforcement)."""
+    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().predictor
+
+
+def log_gate_run(
+    experiment: str, run_name: str, tags: dict[str, str], metrics: dict[str, float], artifacts: list[Path]
+) -> str:
+    """Records one gate decision as a run of ``experiment``; returns the run id."""
+    run = start_run(experiment, artifacts[0].parent, run_name=run_name)
+    try:
+        mlflow.set_tags(tags)
+        if metrics:
+            mlflow.log_metrics(metrics)
+        for path in artifacts:
+            log_artifact(path)
+    finally:
+        end_run()
+    return str(run.info.run_id)
+
+
+def gate_runs(experiment: str, name: str, version: int) -> list[dict[str, str]]:
+    """Tags of every gate run of ``experiment`` that decided on version ``version`` of ``name``."""
+    found = mlflow.search_runs(
+        experiment_names=[experiment],
+        filter_string=f"tags.`gate.model` = '{name}' and tags.`gate.version` = '{version}'",
+        output_format="list",
     )
+    return [dict(r.data.tags) for r in found]

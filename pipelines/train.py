@@ -367,6 +367,21 @@ class _Tracker:
 
         return tracking.run_record(self.run)
 
+    def log_model(self, export_dir: Path) -> str | None:
+        """Logs the export as a pyfunc model of the run; its ``models:/m-...`` URI, or None when not logged.
+
+        A failure here loses nothing: the export is on disk and ``ranker register RUN`` logs it later.
+        """
+        if self.run is None or self.failure:
+            return None
+        from pipelines import registry, tracking
+
+        try:
+            return str(tracking.log_model(export_dir, registry.example_rows(export_dir)).model_uri)
+        except Exception as err:  # any tracking failure: the export is kept and `ranker register` logs it later
+            print(f"[train] the model was not logged ({type(err).__name__}: {err}); the export is kept", flush=True)
+            return None
+
     def finish(self, artifacts: list[Path], step: int) -> None:
         """Logs ``artifacts`` and ends the run."""
         if not self.enabled:
@@ -511,6 +526,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at_step: int = 0) -> dict
         scored = predict(test_loader, model_cpu)
         results["test"] = task_metrics(scored, fmap.labels)
         results["export_dir"] = str(export_dir)
+        results["model_uri"] = tracker.log_model(export_dir)
         tracker.metrics({f"test/{k}": v for k, v in results["test"].items()}, state.step)
         results["mlflow"] = tracker.record()
         (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")

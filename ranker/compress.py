@@ -111,6 +111,7 @@ class CompressConfig:
     dense_dtype: str = "float32"
     embedding_dtype: str = "float32"
     serve: ServeConfig = ServeConfig()
+    tracking: bool = True  # `ranker compress` logs the compressed export as an MLflow model (pipelines.registry)
 
     def __post_init__(self) -> None:
         if self.dense_dtype not in DENSE_DTYPES:

@@ -28,7 +28,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from features.images import IMAGES, ITEMS
-from features.processor import FEATURE_MAP, TRAIN_ITEMS, FeatureMap
+from features.processor import FEATURE_MAP, TRAIN_ITEMS, TRAIN_VALUES, FeatureMap
 from features.strict_yaml import from_dict, to_dict
 from ranker.build import ModelConfig, build_ranker, replace_pretrained
 from ranker.compress import apply_dense_dtype, quantize_tables, read_dtypes, restore_packed
@@ -73,8 +73,10 @@ def export_checkpoint(
             (partial / "model_config.json").write_text(json.dumps(to_dict(model_cfg), indent=2) + "\n")
             (partial / "train_config.json").write_text(json.dumps(train_cfg, indent=2, default=str) + "\n")
             shutil.copyfile(features_dir / FEATURE_MAP, partial / FEATURE_MAP)
-            if (features_dir / "vocab").exists():
-                shutil.copytree(features_dir / "vocab", partial / "vocab", dirs_exist_ok=True)
+            # vocab/: the id mappings; train_values/: what a promotion gate calls a cold user or item.
+            for folder in ("vocab", TRAIN_VALUES):
+                if (features_dir / folder).exists():
+                    shutil.copytree(features_dir / folder, partial / folder, dirs_exist_ok=True)
             for name in (TRAIN_ITEMS, ITEMS, *((IMAGES,) if fine_tuned else ())):
                 if (features_dir / name).exists():
                     shutil.copyfile(features_dir / name, partial / name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -16,3 +17,12 @@ def _deterministic_torch() -> None:
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a real ``mlflow server`` (sqlite store, 127.0.0.1, free port), started once per session."""
+    from tests.mlflow_server import tracking_server
+
+    with tracking_server(tmp_path_factory.mktemp("mlflow-server")) as url:
+        yield url

@@ -198,3 +198,43 @@ def build_tiny_export(root: Path) -> tuple[Path, Path]:
     dcp.save({"model": model.state_dict()}, checkpoint_id=str(root / "ckpt"), no_dist=True)
     export_checkpoint(root / "ckpt", fmap, features, cfg, {"note": "test"}, root / "run" / "export")
     return root / "run" / "export", features
+
+
+def variant_export(source: Path, out: Path, change: Any) -> Path:
+    """A copy of the export ``source`` at ``out`` whose model.pt is ``change(state_dict)`` (modified in place)."""
+    import shutil
+
+    import torch
+
+    shutil.copytree(source, out)
+    state = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+    with torch.no_grad():
+        change(state)
+    torch.save(state, out / "model.pt")
+    return out
+
+
+def train_tiny_export(source: Path, features: Path, out: Path, steps: int = 150, lr: float = 0.01) -> Path:
+    """A copy of the export ``source`` trained in this process (unsharded, Adam) on ``features``' train split."""
+    import torch
+
+    from features.loader import RankLoader
+    from features.processor import FeatureMap, processed_files
+    from ranker.export import load_exported
+    from ranker.model import RankerTrain
+
+    model = RankerTrain(load_exported(source).train())
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    loader = RankLoader(processed_files(features, "train"), FeatureMap.load(source), 32, shuffle=True, prefetch=0)
+    done = 0
+    while done < steps:
+        for batch in loader:
+            loss, _ = model(batch)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            done += 1
+            if done == steps:
+                break
+    trained = model.model.state_dict()
+    return variant_export(source, out, lambda state: state.update(trained))

@@ -21,9 +21,10 @@ from tests.helpers import write_tiny_dataset
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).parents[2]
-# Training configs; configs/compress/ holds `ranker compress` configs (checked below).
-CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "compress")
+# Training configs; configs/compress/ and configs/promote/ hold `ranker compress` and `ranker promote` configs.
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name not in ("compress", "promote"))
 COMPRESS_CONFIGS = sorted((ROOT / "configs" / "compress").glob("*.yaml"))
+PROMOTE_CONFIGS = sorted((ROOT / "configs" / "promote").glob("*.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +51,29 @@ def test_every_shipped_compress_config_loads(path: Path) -> None:
 
     assert COMPRESS_CONFIGS
     load_compress_config(path)
+
+
+@pytest.mark.parametrize("path", PROMOTE_CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_shipped_promote_config_loads(path: Path) -> None:
+    from pipelines.registry import PromoteConfig, load_promote_config
+
+    assert PROMOTE_CONFIGS
+    cfg = load_promote_config(path)
+    if path.name == "default.yaml":  # the documented defaults are the dataclass's, apart from the data
+        assert dataclasses.replace(cfg, holdout=PromoteConfig().holdout, slices=()) == PromoteConfig()
+
+
+def test_promote_config_rejects_unknown_keys_and_bad_bounds(tmp_path: Path) -> None:
+    from pipelines.registry import load_promote_config
+
+    path = tmp_path / "p.yaml"
+    path.write_text("slices: [{scope: country, max_regresion: 0.1}]\n")
+    with pytest.raises(ConfigError, match="max_regresion"):
+        load_promote_config(path)
+    path.write_text("calibration: [1.2, 1.5]\n")
+    with pytest.raises(ConfigError, match="calibration"):
+        load_promote_config(path)
+    assert load_promote_config(None, {"ne_tolerance": 0.01}).ne_tolerance == 0.01
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))

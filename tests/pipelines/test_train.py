@@ -112,4 +112,8 @@ def test_movielens_trains_to_a_useful_auc(movielens: Path, tmp_path: Path) -> No
     assert results["test"]["like/ne"] < 0.97
     assert "test metrics of the exported model" in out.stdout
     assert (tmp_path / "mlruns" / "mlflow.db").exists()
+    # The export is logged as a pyfunc model of the run, with 5 raw test rows as its input example.
+    assert results["model_uri"].startswith("models:/m-"), results.get("model_uri")
+    example = list((tmp_path / "mlruns" / "mlartifacts").rglob("serving_input_example.json"))
+    assert len(example) == 1 and len(json.loads(example[0].read_text())["dataframe_split"]["data"]) == 5
     assert set(results["sharding_plan"].values()) <= {"table_wise", "column_wise", "table_column_wise", "data_parallel"}

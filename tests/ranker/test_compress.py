@@ -144,6 +144,7 @@ def test_cli_compress(exported, tmp_path: Path, capsys: pytest.CaptureFixture[st
     config.write_text(yaml.safe_dump({"prune_last": True, "serve": {"program": False}}))
     out = tmp_path / "cli"
     args = ["compress", "--model", str(export_dir), "--config", str(config), "--out", str(out)]
+    args += ["--set", "tracking=false"]  # logging the model is tested in tests/pipelines/test_registry.py
     assert main([*args, "--set", "low_rank.rank_k=4"]) == 0
     assert "compressed:" in capsys.readouterr().out
     kwargs = json.loads((out / "model_config.json").read_text())["interaction_kwargs"]["hiformer"]
