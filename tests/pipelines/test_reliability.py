@@ -376,6 +376,7 @@ def test_soak_consecutive_runs_do_not_grow(tiny: Path, tmp_path: Path) -> None:
             tmp_path / f"run{i}" / "export", tiny, tmp_path / f"eval{i}", eval_config=EvalConfig(n_bootstrap=10)
         )
         seen.append(_resources())
+        print(f"soak run {i + 1}: open files, threads, RSS bytes = {seen[-1]}")  # shown by `pytest -rP`
     (fds, threads, rss), (fds_end, threads_end, rss_end) = seen[1], seen[-1]
     assert fds_end <= fds * 1.1 and threads_end <= threads * 1.1, seen
     assert rss_end <= rss * 1.1, seen
