@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # imported where used: the parent's RSS high-water mark would
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.features_bench import _rss_mb, machine, run_child  # noqa: E402
+from benchmarks.features_bench import _rss_mb, _sh, machine, run_child  # noqa: E402
 
 ROW_GROUP = 131_072
 CHUNK = 1_000_000  # rows generated at a time, so the generator's own memory stays flat
@@ -203,7 +203,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# `fit` memory (features.processor.fit, and transform of the train split)",
         "",
-        f"Command: `{report['command']}`",
+        f"Command: `{report['command']}` at commit {report['commit']}.",
         "",
         f"Date: {m['date_utc']}. Python {m['python']}, torch {m['torch']}, polars {m['polars']}, pyarrow "
         f"{m['pyarrow']}. nproc = {m['nproc']}; load average at start "
@@ -228,7 +228,7 @@ def markdown(report: dict[str, Any]) -> str:
             if step not in run:
                 continue
             r = run[step]
-            code = report["before_ref"] if step == "fit_before" else "this commit"
+            code = report["before_ref"] if step == "fit_before" else report["commit"]
             lines.append(
                 f"| {run['rows']:,} | {d['train_files']} / {d['train_row_groups']} | {_r(d['train_bytes'] / 2**20)} | "
                 f"{code} | {step.removesuffix('_before')} | {r['seconds']:.1f} | {_r(r['rss_before_mb'])} | "
@@ -239,12 +239,21 @@ def markdown(report: dict[str, Any]) -> str:
             s = run["same_as_before"]
             lines += [
                 "",
-                f"At {run['rows']:,} rows, the feature map of this commit against `{report['before_ref']}`: equal but "
-                f"the dense statistics: {s['feature_map_equal_but_dense']}; vocabulary files equal: "
+                f"At {run['rows']:,} rows, the feature map of {report['commit']} against `{report['before_ref']}`: "
+                f"equal but the dense statistics: {s['feature_map_equal_but_dense']}; vocabulary files equal: "
                 f"{s['vocab_files_equal']}; dense means and standard deviations: largest relative difference "
                 f"{s['dense_max_relative_difference']:.1e}.",
             ]
-    lines += ["", *[f"- skipped: {s}" for s in report["skipped"]], ""]
+    lines += [
+        "",
+        "How `fit` stays bounded: every query runs alone on polars' streaming engine (`pl.collect_all` cached the "
+        "whole training split that its queries share); quantile edges come from an exact radix selection (at most "
+        "four streaming passes of 2**16 groups) instead of a sort of the column; dense sums are exact integer sums "
+        "per binary exponent; files without bad rows are scanned without re-running the row checks. What remains "
+        "grows with the results: the vocabularies and the cold entities' training values.",
+        *[f"- skipped: {s}" for s in report["skipped"]],
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -275,6 +284,8 @@ def main() -> None:
 
     report: dict[str, Any] = {
         "command": " ".join([".venv/bin/python", *sys.argv]),
+        "commit": _sh(f"git -C {REPO} rev-parse --short HEAD")
+        + (" (with changes)" if _sh(f"git -C {REPO} status --porcelain -uno") else ""),
         "machine": machine(),
         "file_rows": args.file_rows,
         "before_ref": args.git_ref,
