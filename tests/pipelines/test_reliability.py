@@ -446,7 +446,7 @@ SOAK_RUNS = int(os.environ.get("RANKER_SOAK_RUNS", 20))
 @pytest.mark.e2e
 @pytest.mark.dist
 @pytest.mark.slow
-@pytest.mark.timeout(120 * SOAK_RUNS)  # 30-65 s a run on a shared 2-core machine; the default 900 s fits 13
+@pytest.mark.timeout(300 * SOAK_RUNS)  # 30 s to 3 min a run on a busy shared 2-core machine
 def test_soak_consecutive_runs_do_not_grow(tiny: Path, tmp_path: Path) -> None:
     """SOAK_RUNS short training (2 ranks, launched from here) + in-process evaluation runs: this process's open
     files, threads and RSS after the last run are within 10% of those after the second (the first warms caches)."""
