@@ -130,11 +130,12 @@ def _child_loader(feat_dir: Path, prefetch: int, epochs: int, single_core: bool)
     }
 
 
-def run_child(argv: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Runs this script with ``argv`` in a fresh interpreter; its JSON result plus wall time and peak RSS."""
+def run_child(argv: list[str], env: dict[str, str] | None = None, script: Path = Path(__file__)) -> dict[str, Any]:
+    """Runs ``script`` (this one by default) with ``argv`` in a fresh interpreter; its JSON result (last line of
+    its output) plus wall time and peak RSS."""
     start = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, __file__, *argv],
+        [sys.executable, str(script), *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -17,8 +17,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from features import images as image_store
-from features.schema import FIRST_ID, MISSING_ID, OOV_ID, Label, Schema, SparseFeature
+from features.schema import FIRST_ID, MISSING_ID, OOV_ID, DenseFeature, Label, Schema, SparseFeature
 from features.validate import (
     REASON_COLUMN,
     ROW_COLUMN,
@@ -185,7 +187,9 @@ def _clean_rows(path: Path, schema: Schema, known_items: pl.Series | None) -> tu
     problems = summarise_problems(flagged)
     if schema.bad_rows == "error":
         raise_for_problems(path, problems)
-    return flagged.filter(pl.col(REASON_COLUMN).is_null()), problems
+    if problems.height == 0:  # every row is good: later passes need not run every check again
+        return pl.scan_parquet(path).select(schema.feature_columns), problems
+    return flagged.filter(pl.col(REASON_COLUMN).is_null()).drop(ROW_COLUMN, REASON_COLUMN), problems
 
 
 def _dense_expr(column: str, transform: str, fill_null: float | None) -> pl.Expr:
@@ -212,17 +216,135 @@ def label_expr(label: Label) -> pl.Expr:
     return col.cast(pl.Int8)
 
 
-def _bucket_edges(f: SparseFeature, train: pl.LazyFrame) -> pl.LazyFrame:
-    """Bucket edges of ``f`` (a one-row frame of a list): the declared ones, or train quantiles without repeats."""
-    if f.edges:
-        return pl.LazyFrame({"edges": [list(f.edges)]})
-    col = pl.col(f.column).cast(pl.Float64)
-    qs = [col.quantile(i / f.quantiles, interpolation="linear") for i in range(1, f.quantiles)]
-    return train.select(pl.concat_list(qs).list.unique().list.sort().alias("edges"))
+def collect(query: pl.LazyFrame) -> pl.DataFrame:
+    """``query`` run by polars' streaming engine: memory bounded by the query's state and result, not by the rows.
+
+    Queries run one at a time: ``pl.collect_all`` caches the input they share, the whole training split in ``fit``
+    (1.1 GB at 8M rows).
+    """
+    return query.collect(engine="streaming")
+
+
+_KEY_BITS = 16  # bits of the sort key one selection pass resolves: at most 4 passes, 2**16 groups per order statistic
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def _sort_key(value: pl.Expr) -> pl.Expr:
+    """Int64 keys in the order of the Float64 ``value``s (no NaN): the IEEE 754 bits, negatives' magnitude flipped."""
+    bits = value.reinterpret(dtype=pl.Int64)
+    return pl.when(bits < 0).then(bits ^ _INT64[1]).otherwise(bits)
+
+
+def _order_statistics(values: pl.LazyFrame, ranks: set[int], count: int) -> dict[int, float]:
+    """The values at 0-based ``ranks`` in sorted order of column ``v`` (Float64, ``count`` values, no null or NaN).
+
+    Exact, in memory bounded by 2**16 groups per rank rather than by ``count`` (an exact quantile otherwise sorts the
+    whole column): a most-significant-digit radix selection on :func:`_sort_key`, 16 bits per streaming pass. Each
+    pass counts the values per next-16-bit block within the blocks that hold a wanted rank and keeps the block that
+    holds it; a block whose smallest and largest values are equal gives the answer (by the last pass every block
+    holds a single value).
+    """
+    key = _sort_key(pl.col("v"))
+    blocks = {r: (*_INT64, r) for r in ranks}  # rank -> (key range holding it, its rank within that range)
+    found: dict[int, float] = {}
+    for shift in range(64 - _KEY_BITS, -1, -_KEY_BITS):
+        if not blocks:
+            break
+        width = 1 << shift
+        within = pl.any_horizontal([key.is_between(lo, hi) for lo, hi, _ in set(blocks.values())])
+        groups = collect(
+            values.filter(within)
+            .group_by((key // width).alias("block"))
+            .agg(pl.len().alias("n"), pl.col("v").min().alias("low"), pl.col("v").max().alias("high"))
+            .sort("block")
+        )
+        for r, (lo, hi, rank) in list(blocks.items()):
+            inside = groups.filter(pl.col("block").is_between(lo // width, hi // width))
+            ends = inside["n"].cum_sum()
+            i = int(ends.search_sorted(rank, side="right"))
+            block, n, low, high = inside.row(i)
+            if low == high:
+                found[r] = low
+                del blocks[r]
+            else:
+                first = block * width
+                blocks[r] = (max(first, _INT64[0]), min(first + width - 1, _INT64[1]), rank - (ends[i] - n))
+    assert len(found) == len(ranks) and count > max(ranks), (ranks, count)
+    return found
+
+
+_MANTISSA = 1 << 52  # a finite double is sign * mantissa * 2**(max(exponent, 1) - 1075), mantissa < 2**53
+_HALF = 1 << 27
+
+
+def _exact_moments(values: pl.LazyFrame) -> tuple[int, Fraction, Fraction]:
+    """Count, sum and sum of squares of column ``v`` (Float64, finite, nulls ignored), exactly.
+
+    Float sums depend on the order of the additions, which parallel engines do not fix (polars' ``mean`` of the
+    same column differed in the last bit from run to run). Integer sums do not: the values' integer mantissas
+    (halves of them for the squares) are summed as Int128 per binary exponent, at most 2047 groups, and
+    scaled in Python.
+    """
+    bits = pl.col("v").reinterpret(dtype=pl.Int64)
+    magnitude = bits & _INT64[1]
+    exponent = magnitude // _MANTISSA
+    mantissa = magnitude % _MANTISSA + pl.when(exponent > 0).then(_MANTISSA).otherwise(0)
+    high, low = (mantissa // _HALF).cast(pl.Int128), (mantissa % _HALF).cast(pl.Int128)
+    signed = pl.when(bits < 0).then(-mantissa).otherwise(mantissa).cast(pl.Int128)
+    sums = collect(
+        values.drop_nulls()
+        .group_by(exponent.alias("exponent"))
+        .agg(
+            pl.len().alias("n"),
+            signed.sum().alias("sum"),
+            (high * high).sum().alias("hh"),
+            (high * low).sum().alias("hl"),
+            (low * low).sum().alias("ll"),
+        )
+    )
+    count, total, squares = 0, Fraction(0), Fraction(0)
+    for exp, n, s, hh, hl, ll in sums.iter_rows():
+        scale = Fraction(2) ** (max(exp, 1) - 1075)
+        count += n
+        total += s * scale
+        squares += (hh * 2**54 + hl * 2**28 + ll) * scale * scale
+    return count, total, squares
+
+
+def _dense_stats(d: DenseFeature, train: pl.LazyFrame) -> tuple[float, float]:
+    """Mean (correctly rounded) and standard deviation (ddof 0) of ``d``'s transformed training values."""
+    n, total, squares = _exact_moments(train.select(_dense_expr(d.column, d.transform, d.fill_null).alias("v")))
+    return float(total / n), math.sqrt((squares - total * total / n) / n)
+
+
+def _quantile_edges(f: SparseFeature, train: pl.LazyFrame, count: int, nulls: int) -> tuple[float, ...]:
+    """Edges at the train quantiles i/``f.quantiles`` of ``f``'s column (``count`` values and ``nulls`` nulls), sorted,
+    without repeats.
+
+    Bit for bit polars' in-memory ``quantile(q, interpolation="linear")``, which sorts nulls first and interpolates
+    at position (count - 1) * q + nulls, from exact order statistics.
+    """
+    if count == 0:
+        raise ValueError(f"bucket feature {f.name!r}: column {f.column!r} has no values in the training split")
+    positions = [(count - 1) * (i / f.quantiles) + nulls for i in range(1, f.quantiles)]
+    ranks = {int(p) - nulls for p in positions} | {math.ceil(p) - nulls for p in positions}
+    value = pl.col(f.column).cast(pl.Float64)
+    # -0.0 as 0.0, so that equal values have one key.
+    values = train.select(pl.when(value == 0).then(0.0).otherwise(value).alias("v")).drop_nulls()
+    at = _order_statistics(values, ranks, count)
+    edges = set()
+    for p in positions:
+        lower, upper = at[int(p) - nulls], at[math.ceil(p) - nulls]
+        edges.add(lower if lower == upper else (p - int(p)) * (upper - lower) + lower)
+    return tuple(sorted(edges))
 
 
 def fit(schema: Schema, out_dir: Path) -> FeatureMap:
-    """Fits vocabularies, hashes and dense statistics on the training split; writes the feature map."""
+    """Fits vocabularies, hashes and dense statistics on the training split; writes the feature map.
+
+    Every query streams (:func:`collect`), so the peak memory is set by the results (vocabularies, the values of the
+    cold entities) and not by the size of the training split.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "vocab").mkdir(exist_ok=True)
     items = image_store.build(schema, out_dir) if schema.image else None
@@ -231,32 +353,35 @@ def fit(schema: Schema, out_dir: Path) -> FeatureMap:
     train = pl.concat(frames)
 
     vocab_features = [f for f in schema.sparse if f.encoding == "vocab"]
-    bucket_features = [f for f in schema.sparse if f.encoding == "bucket"]
-    queries = [
-        train.select(_ids_values(f).alias("value"))
-        .group_by("value")
-        .agg(pl.len().alias("count"))
-        .filter(pl.col("count") >= f.min_count)
-        .sort(["count", "value"], descending=[True, False])
-        .with_row_index("id", offset=FIRST_ID)
-        .with_columns(pl.col("id").cast(pl.Int64))
-        for f in vocab_features
-    ]
-    stats = train.select(
-        [pl.len().alias("_rows")]
-        + [_dense_expr(d.column, d.transform, d.fill_null).mean().alias(f"{d.name}.mean") for d in schema.dense]
-        + [_dense_expr(d.column, d.transform, d.fill_null).std(ddof=0).alias(f"{d.name}.std") for d in schema.dense]
-        + [label_expr(lb).cast(pl.Float64).mean().alias(f"{lb.name}.rate") for lb in schema.labels]
-    )
-    entities = schema.cold_entities
-    entity_queries = [train.select(pl.col(e).unique().sort()) for e in entities]
-    edge_queries = [_bucket_edges(f, train) for f in bucket_features]
-    results = pl.collect_all([*edge_queries, *queries, stats, *entity_queries])
-    edges = {f.name: tuple(results.pop(0)["edges"][0]) for f in bucket_features}
-    vocabs, stat_row = results[: len(queries)], results[len(queries)].row(0, named=True)
+    quantile_features = [f for f in schema.sparse if f.encoding == "bucket" and not f.edges]
+    stat_row = collect(
+        train.select(
+            [pl.len().alias("_rows")]
+            + [label_expr(lb).cast(pl.Float64).mean().alias(f"{lb.name}.rate") for lb in schema.labels]
+            + [pl.col(f.column).count().alias(f"{f.name}.count") for f in quantile_features]
+        )
+    ).row(0, named=True)
     if stat_row["_rows"] == 0:
         raise ValueError(f"schema {schema.name!r}: the training split has no usable rows")
-    seen = dict(zip(entities, results[len(queries) + 1 : len(queries) + 1 + len(entities)], strict=True))
+    vocabs = [
+        collect(
+            train.select(_ids_values(f).alias("value"))
+            .group_by("value")
+            .agg(pl.len().alias("count"))
+            .filter(pl.col("count") >= f.min_count)
+            .sort(["count", "value"], descending=[True, False])
+            .with_row_index("id", offset=FIRST_ID)
+            .with_columns(pl.col("id").cast(pl.Int64))
+        )
+        for f in vocab_features
+    ]
+    edges = {
+        f.name: _quantile_edges(f, train, stat_row[f"{f.name}.count"], stat_row["_rows"] - stat_row[f"{f.name}.count"])
+        for f in quantile_features
+    }
+    edges |= {f.name: tuple(f.edges) for f in schema.sparse if f.encoding == "bucket" and f.edges}
+    entities = schema.cold_entities
+    seen = {e: collect(train.select(pl.col(e).unique().sort())) for e in entities}
     (out_dir / TRAIN_VALUES).mkdir(exist_ok=True)
     for entity, values in seen.items():
         values.write_parquet(out_dir / TRAIN_VALUES / f"{entity}.parquet")
@@ -290,9 +415,7 @@ def fit(schema: Schema, out_dir: Path) -> FeatureMap:
         sparse_states.append(state)
     dense_states = []
     for d in schema.dense:
-        mean, std = stat_row[f"{d.name}.mean"], stat_row[f"{d.name}.std"]
-        if d.transform == "none":
-            mean, std = 0.0, 1.0
+        mean, std = _dense_stats(d, train) if d.transform != "none" else (0.0, 1.0)
         dense_states.append(
             DenseState(d.name, d.column, d.transform, float(mean), float(std) if std > 0 else 1.0, d.fill_null)
         )

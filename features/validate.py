@@ -173,7 +173,7 @@ def summarise_problems(flagged: pl.LazyFrame) -> pl.DataFrame:
         .group_by(REASON_COLUMN)
         .agg(pl.len().alias("rows"), pl.col(ROW_COLUMN).min().alias("first_row"))
         .sort("first_row")
-        .collect()
+        .collect(engine="streaming")  # a file of any size: memory bounded by the reasons, not the rows
     )
 
 

@@ -7,7 +7,9 @@ gloo. An nccl-only group fails on the first CPU tensor.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 from datetime import timedelta
 from typing import Any
 
@@ -32,8 +34,39 @@ def init_distributed(timeout_s: int = 600) -> torch.device:
         device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
         torch.cuda.set_device(device)
     timeout = timedelta(seconds=int(os.environ.get("RANKER_DIST_TIMEOUT", timeout_s)))
-    dist.init_process_group(process_group_backend(cuda), timeout=timeout)
+    store = _loopback_store(timeout)
+    if store is None:
+        dist.init_process_group(process_group_backend(cuda), timeout=timeout)
+    else:
+        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        dist.init_process_group(
+            process_group_backend(cuda), store=store, rank=rank, world_size=world_size, timeout=timeout
+        )
     return device
+
+
+def _loopback_store(timeout: timedelta) -> dist.TCPStore | None:
+    """The ranks' store when torchrun gives a loopback ``MASTER_ADDR`` (one node) and no agent store: rank 0
+    serves it on that address only. ``None`` otherwise (multi-node), for torch's own ``env://`` store.
+
+    A ``TCPStore`` server listens on every interface, whatever host it is given; handed a socket already bound
+    (``master_listen_fd``), it listens there instead.
+    """
+    host = os.environ.get("MASTER_ADDR", "")
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" or not _is_loopback(host):
+        return None
+    port, world_size = int(os.environ["MASTER_PORT"]), int(os.environ["WORLD_SIZE"])
+    if int(os.environ["RANK"]) != 0:
+        return dist.TCPStore(host, port, world_size, is_master=False, timeout=timeout)
+    server = socket.create_server((host, port))  # SO_REUSEADDR: the port may be in TIME_WAIT from a restart
+    return dist.TCPStore(host, port, world_size, is_master=True, timeout=timeout, master_listen_fd=server.detach())
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def mean_over_ranks(value: float) -> float:

@@ -14,11 +14,13 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
 LOCK = ".lock"
+LOOPBACK = "127.0.0.1"
 _ROOT_CAUSE = "Root Cause (first observed failure):"
 
 
@@ -30,19 +32,36 @@ def torchrun_command(
     rdzv_endpoint: str = "",
     rdzv_id: str = "ranker",
     max_restarts: int = 0,
+    rdzv_file: Path | None = None,
 ) -> list[str]:
-    """The torchrun command line running ``pipelines.train`` on ``nproc`` processes of this node."""
+    """The torchrun command line running ``pipelines.train`` on ``nproc`` processes of this node.
+
+    On one node the rendezvous is a file, ``rdzv_file`` (a path no other job uses), and the ranks' address is
+    127.0.0.1: torchrun's agent then listens on no port at all (a TCP store listens on every interface, whatever
+    host it is given); see :func:`local_env` and ``pipelines.distributed.init_distributed`` for the ranks.
+    """
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
     if nnodes > 1:
         if not rdzv_endpoint:
             raise ValueError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (the same on every node)")
         cmd += [f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}", f"--rdzv-id={rdzv_id}"]
     else:
-        # A free port per job, so that several local jobs (or tests) never collide on the default one.
-        cmd += ["--nnodes=1", "--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0"]
+        if rdzv_file is None:
+            raise ValueError("a one-node job needs rdzv_file, the rendezvous file of this job")
+        cmd += ["--nnodes=1", "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_file}", "--rdzv-conf=store_type=file"]
+        cmd.append(f"--local-addr={LOOPBACK}")
     if max_restarts:
         cmd.append(f"--max-restarts={max_restarts}")
     return cmd + ["-m", "pipelines.train", "--config", str(config), *extra]
+
+
+def local_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` for the ranks of a one-node job, keeping every socket on the loopback interface.
+
+    The ranks do not share the agent's TCP store (it would listen on every interface): rank 0 serves the ranks'
+    own store on 127.0.0.1, and gloo's sockets use the loopback interface (unless ``GLOO_SOCKET_IFNAME`` is set).
+    """
+    return {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "GLOO_SOCKET_IFNAME": "lo", **env}
 
 
 @contextlib.contextmanager
@@ -106,20 +125,30 @@ def launch_training(
     extra = [f"--set={item}" for item in overrides] + (["--resume"] if resume else [])
     threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     env = {**os.environ, "OMP_NUM_THREADS": threads}
-    if max_restarts:
+    one_node = rdzv.get("nnodes", 1) == 1
+    if one_node:
+        env = local_env(env)
+    elif max_restarts:
         # Ranks sharing the agent's store find the dead ranks' gloo addresses there after a restart and fail to
         # connect ("Connection refused"); a store of their own per attempt starts clean.
         env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
-    cmd = torchrun_command(config, nproc, extra, max_restarts=max_restarts, **rdzv)  # type: ignore[arg-type]
     # Nodes of a multi-node job share out_dir; each node's launcher would refuse the others.
-    lock = exclusive(Path(cfg.out_dir)) if rdzv.get("nnodes", 1) == 1 else contextlib.nullcontext()
-    with lock, subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace") as proc:
+    lock = exclusive(Path(cfg.out_dir)) if one_node else contextlib.nullcontext()
+    with lock, tempfile.TemporaryDirectory(prefix="ranker-rdzv-") as rdzv_dir:
+        rdzv_file = Path(rdzv_dir) / "store" if one_node else None
+        cmd = torchrun_command(config, nproc, extra, max_restarts=max_restarts, rdzv_file=rdzv_file, **rdzv)  # type: ignore[arg-type]
+        code, tail = _run(cmd, env)
+    if code != 0:
+        raise ChildProcessError(failure_line("".join(tail), code))
+    return 0
+
+
+def _run(cmd: list[str], env: dict[str, str]) -> tuple[int, deque[str]]:
+    """Runs torchrun, its stderr passed through; its exit code and the last lines of its stderr."""
+    with subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace") as proc:
         tail: deque[str] = deque(maxlen=400)  # torchrun's report ends stderr
         assert proc.stderr is not None
         for line in proc.stderr:
             sys.stderr.write(line)
             tail.append(line)
-        code = proc.wait()
-    if code != 0:
-        raise ChildProcessError(failure_line("".join(tail), code))
-    return 0
+        return proc.wait(), tail

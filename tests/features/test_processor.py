@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections import Counter
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+import yaml
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
-from features.processor import FeatureMap, fit, hash_ids, processed_files, stable_hash, transform
-from features.schema import FIRST_ID, MISSING_ID, OOV_ID, load_schema
+from features.processor import (
+    FeatureMap,
+    _exact_moments,
+    _quantile_edges,
+    fit,
+    hash_ids,
+    processed_files,
+    stable_hash,
+    transform,
+)
+from features.schema import FIRST_ID, MISSING_ID, OOV_ID, SparseFeature, load_schema
+from tests.helpers import TINY_SCHEMA, make_frame
 
 pytestmark = pytest.mark.unit
 
@@ -131,3 +146,125 @@ def test_windows_give_the_same_output(tiny_data, tmp_path: Path) -> None:
     assert pl.read_parquet(processed_files(tmp_path / "a", "train")).equals(
         pl.read_parquet(processed_files(tmp_path / "b", "train"))
     )
+
+
+def _exact_mean(values: list[float]) -> float:
+    return float(sum(map(Fraction, values), Fraction(0)) / len(values))
+
+
+def test_fit_matches_a_naive_computation(tmp_path: Path) -> None:
+    """Every fitted number of a two-file training split (one file with bad rows, set aside) against a recomputation
+    from the good rows in plain Python: vocabularies (min_count cut, order), quantile and declared bucket edges,
+    dense statistics, positive rates, row count and the cold entities' training values."""
+    raw = tmp_path / "raw"
+    (raw / "train").mkdir(parents=True)
+    frame = make_frame(700, seed=3).with_columns(
+        pl.when(pl.int_range(pl.len()) % 9 == 0).then(None).otherwise(pl.col("age")).alias("age")
+    )
+    bad = {400, 555, 690}  # rows of the second file: NaN price (bad input, quarantined)
+    frame = frame.with_columns(
+        pl.when(pl.int_range(pl.len()).is_in(list(bad))).then(float("nan")).otherwise(pl.col("price")).alias("price")
+    )
+    frame[:400].write_parquet(raw / "train" / "a.parquet")
+    frame[400:].write_parquet(raw / "train" / "b.parquet", row_group_size=100)
+    for split in ("valid", "test"):
+        make_frame(50, seed=9).write_parquet(raw / f"{split}.parquet")
+    spec = {
+        **TINY_SCHEMA,
+        "files": {"train": "train/*.parquet", "valid": "valid.parquet", "test": "test.parquet"},
+        "labels": [{"name": "click", "column": "click"}, {"name": "late", "column": "slot", "threshold": 3}],
+        "sparse": [
+            *TINY_SCHEMA["sparse"],
+            {"name": "price_bucket", "column": "price", "encoding": "bucket", "quantiles": 7},
+            {"name": "age_bucket", "column": "age", "encoding": "bucket", "edges": [30, 40.5, 50]},
+        ],
+        "dense": [
+            {"name": "price", "column": "price", "transform": "log1p"},
+            {"name": "age", "column": "age", "fill_null": 35.5},
+        ],
+        "entities": ["city"],
+        "bad_rows": "quarantine",
+    }
+    (raw / "schema.yaml").write_text(yaml.safe_dump(spec))
+    fmap = fit(load_schema(raw / "schema.yaml"), tmp_path / "feat")
+
+    good = [row for i, row in enumerate(frame.iter_rows(named=True)) if i not in bad]
+    assert fmap.train_rows == len(good) == 697
+    states = {s.name: s for s in fmap.sparse}
+    for name, values, min_count in [
+        ("user", [r["user"] for r in good], 2),
+        ("item", [r["item"] for r in good], 1),
+        ("tags", [t for r in good for t in r["tags"]], 1),
+    ]:
+        counts = Counter(values)
+        kept = sorted((v for v, c in counts.items() if c >= min_count), key=lambda v: (-counts[v], v))
+        vocab = pl.read_parquet(tmp_path / "feat" / f"vocab/{name}.parquet")
+        assert vocab["value"].to_list() == kept
+        assert vocab["count"].to_list() == [counts[v] for v in kept]
+        assert vocab["id"].to_list() == list(range(FIRST_ID, FIRST_ID + len(kept)))
+        assert states[name].num_embeddings == FIRST_ID + len(kept)
+
+    # Quantile edges: bit for bit polars' in-memory linear quantile of the good values; numpy agrees closely.
+    prices = [r["price"] for r in good]
+    reference = sorted({pl.Series(prices).quantile(i / 7, interpolation="linear") for i in range(1, 7)})
+    assert list(states["price_bucket"].edges) == reference
+    np.testing.assert_allclose(states["price_bucket"].edges, np.quantile(prices, [i / 7 for i in range(1, 7)]))
+    assert states["age_bucket"].edges == (30, 40.5, 50)  # mixed int/float edges (once a polars type error)
+
+    dense = {d.name: d for d in fmap.dense}
+    log_prices = [math.log1p(p) for p in prices]
+    ages = [35.5 if r["age"] is None else r["age"] for r in good]
+    for name, values in [("price", log_prices), ("age", ages)]:
+        assert dense[name].mean == _exact_mean(values)  # the exact mean, correctly rounded
+        exact_std = statistics.pstdev(values)  # exact sums, a correctly rounded square root
+        assert abs(dense[name].std - exact_std) <= math.ulp(exact_std)
+    assert fmap.positive_rate == {
+        "click": sum(r["click"] for r in good) / len(good),
+        "late": sum(r["slot"] >= 3 for r in good) / len(good),
+    }
+    for entity in ("user", "item", "city"):
+        seen = pl.read_parquet(tmp_path / "feat" / "train_values" / f"{entity}.parquet")[entity].to_list()
+        assert seen == sorted({r[entity] for r in good})
+
+
+def _edges_today(values: list[float | None], quantiles: int) -> list[float]:
+    """The quantile edges as fit computed them before it streamed: polars' in-memory linear quantiles."""
+    col = pl.col("x")
+    qs = [col.quantile(i / quantiles, interpolation="linear") for i in range(1, quantiles)]
+    frame = pl.DataFrame({"x": values}, schema={"x": pl.Float64})
+    return frame.select(pl.concat_list(qs).list.unique().list.sort())[0, 0].to_list()
+
+
+_finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+# Values a few units in the last place apart share their first 48 bits: every selection pass is needed.
+_close = st.lists(st.integers(0, 40), min_size=1, max_size=200).map(lambda ks: [1.0 + k * math.ulp(1.0) for k in ks])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.one_of(st.lists(st.one_of(_finite, st.none()), min_size=1, max_size=300), _close),
+    quantiles=st.integers(2, 12),
+)
+def test_quantile_edges_equal_polars_in_memory_quantiles(values: list[float | None], quantiles: int) -> None:
+    present = [v for v in values if v is not None]
+    assume(present)
+    feature = SparseFeature("b", "x", encoding="bucket", quantiles=quantiles)
+    frame = pl.LazyFrame({"x": values}, schema={"x": pl.Float64})
+    assert list(_quantile_edges(feature, frame, len(present), len(values) - len(present))) == _edges_today(
+        values, quantiles
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(values=st.lists(st.floats(min_value=-1e150, max_value=1e150, width=64), min_size=1, max_size=200))
+def test_exact_moments_are_exact(values: list[float]) -> None:
+    n, total, squares = _exact_moments(pl.LazyFrame({"v": values}, schema={"v": pl.Float64}))
+    assert n == len(values)
+    assert total == sum(map(Fraction, values), Fraction(0))
+    assert squares == sum((Fraction(v) ** 2 for v in values), Fraction(0))
+
+
+def test_quantile_edges_of_an_empty_column_are_an_error() -> None:
+    feature = SparseFeature("price_bucket", "price", encoding="bucket", quantiles=4)
+    with pytest.raises(ValueError, match="'price_bucket': column 'price' has no values in the training split"):
+        _quantile_edges(feature, pl.LazyFrame({"price": [None]}, schema={"price": pl.Float64}), 0, 1)

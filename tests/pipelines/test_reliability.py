@@ -6,9 +6,12 @@ through `python -m pipelines.cli train` as a user runs them.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -196,6 +199,88 @@ def test_second_run_into_the_same_out_dir_is_refused(tiny: Path, tmp_path: Path)
     assert json.loads((tmp_path / "run" / "results.json").read_text())["steps"] == STEPS
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children, ...), from /proc."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rpartition(")")[2].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        found += frontier
+    return found
+
+
+def _address(hex_address: str) -> str:
+    """An address of /proc/net/tcp{,6}: IPv4 as one little-endian word, IPv6 as four."""
+    raw = bytes.fromhex(hex_address)
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return str(ipaddress.ip_address(words))
+
+
+def _listening(pids: list[int]) -> list[tuple[int, str, int]]:
+    """(pid, address, port) of each listening TCP socket that the processes ``pids`` hold, from /proc."""
+    listening = {}
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # TCP_LISTEN
+                address, port = fields[1].split(":")
+                listening[f"socket:[{fields[9]}]"] = (_address(address), int(port, 16))
+    found = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if (target := os.readlink(fd)) in listening:
+                        found.append((pid, *listening[target]))
+    return found
+
+
+def test_listening_sockets_are_read_from_proc() -> None:
+    with (
+        socket.create_server(("0.0.0.0", 0)) as everywhere,
+        socket.create_server(("::1", 0), family=socket.AF_INET6) as local,
+    ):
+        found = _listening([os.getpid()])
+        assert (os.getpid(), "0.0.0.0", everywhere.getsockname()[1]) in found
+        assert (os.getpid(), "::1", local.getsockname()[1]) in found
+
+
+@pytest.mark.e2e
+@pytest.mark.dist
+def test_one_node_job_listens_on_loopback_only(tiny: Path, tmp_path: Path) -> None:
+    """Every socket a one-node job listens on (torchrun's agent, rank 0's store, the ranks' gloo pairs) is bound
+    to a loopback address; nothing is reachable from another machine."""
+    marker = tmp_path / "hung"  # rank 1 creates it when it hangs after step 2: every rank is in the group by then
+    config = _config(tmp_path, tiny, "run", dist_timeout=60)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RANKER_FAULT": f"hang:1:2:{marker}"}
+    env.pop("GLOO_SOCKET_IFNAME", None)  # set for the tests (conftest); the launcher must choose loopback itself
+    cmd = [sys.executable, "-m", "pipelines.cli", "train", "--config", str(config), "--nproc", "2"]
+    log = (tmp_path / "job.log").open("w")
+    job = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    tree: list[int] = []
+    try:
+        deadline = time.time() + 300
+        while not marker.exists():
+            assert job.poll() is None and time.time() < deadline, (tmp_path / "job.log").read_text()[-3000:]
+            time.sleep(0.2)
+        tree = [job.pid, *_descendants(job.pid)]
+        listening = _listening(tree)
+    finally:
+        for pid in reversed(tree or [job.pid]):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        job.wait()
+        log.close()
+    assert len(tree) >= 4, tree  # the launcher, torchrun's agent and two ranks
+    listeners = {pid for pid, _, _ in listening}
+    # tree[1] is torchrun's agent: it listens on nothing; the two ranks do (rank 0's store, gloo).
+    assert len(listeners) == 2 and not listeners & {job.pid, tree[1]}, (tree, listening)
+    assert all(ipaddress.ip_address(address).is_loopback for _, address, _ in listening), listening
+
+
 @pytest.mark.unit
 def test_lock_of_a_killed_holder_is_not_stale(tmp_path: Path) -> None:
     """A holder killed with SIGKILL leaves its lock file behind, but the kernel released the lock itself."""
@@ -361,6 +446,7 @@ SOAK_RUNS = int(os.environ.get("RANKER_SOAK_RUNS", 20))
 @pytest.mark.e2e
 @pytest.mark.dist
 @pytest.mark.slow
+@pytest.mark.timeout(300 * SOAK_RUNS)  # 30 s to 3 min a run on a busy shared 2-core machine
 def test_soak_consecutive_runs_do_not_grow(tiny: Path, tmp_path: Path) -> None:
     """SOAK_RUNS short training (2 ranks, launched from here) + in-process evaluation runs: this process's open
     files, threads and RSS after the last run are within 10% of those after the second (the first warms caches)."""
@@ -376,6 +462,7 @@ def test_soak_consecutive_runs_do_not_grow(tiny: Path, tmp_path: Path) -> None:
             tmp_path / f"run{i}" / "export", tiny, tmp_path / f"eval{i}", eval_config=EvalConfig(n_bootstrap=10)
         )
         seen.append(_resources())
+        print(f"soak run {i + 1}: open files, threads, RSS bytes = {seen[-1]}")  # shown by `pytest -rP`
     (fds, threads, rss), (fds_end, threads_end, rss_end) = seen[1], seen[-1]
     assert fds_end <= fds * 1.1 and threads_end <= threads * 1.1, seen
     assert rss_end <= rss * 1.1, seen
