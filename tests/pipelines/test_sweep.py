@@ -28,6 +28,7 @@ from pipelines.sweep import (
 )
 from pipelines.train import TrainConfig, load_config
 from tests.helpers import write_tiny_dataset
+from tests.pipelines.test_train import _config
 
 ROOT = Path(__file__).parents[2]
 TINY_SWEEP = ROOT / "configs" / "sweep" / "tiny.yaml"
@@ -46,19 +47,8 @@ def tiny_features(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def base(tiny_features: Path, tmp_path: Path) -> Path:
-    """A tiny train config (what tests/pipelines/test_train.py trains), without MLflow."""
-    path = tmp_path / "train.yaml"
-    cfg = {
-        "features": str(tiny_features),
-        "out_dir": str(tmp_path / "unused"),
-        "model": {"interaction": "hiformer", "embedding_dim": 8, "interaction_kwargs": {"hiformer": {"num_layers": 1}}},
-        "batch_size": 32,
-        "max_steps": 12,
-        "eval_every": 4,
-        "tracking": False,
-    }
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    """The tiny train config of tests/pipelines/test_train.py (without MLflow)."""
+    return _config(tmp_path / "train.yaml", tiny_features, tmp_path / "unused")
 
 
 # -- Trial generation ------------------------------------------------------------------------------------------------
