@@ -283,9 +283,7 @@ def plan(cfg: SweepConfig, where: str) -> tuple[list[Run], str]:
     task, name = cfg.metric_parts
     if task is not None and task not in labels:
         raise ValueError(f"{where} metric: {task!r} is not a task of {base.features} (tasks: {list(labels)})")
-    runs = [
-        Run(t, s, resolve(cfg, t.overrides, s, run_dir(cfg, t, s))) for t in trials for s in cfg.seeds
-    ]  # fmt: skip
+    runs = [Run(t, seed, resolve(cfg, t.overrides, seed, run_dir(cfg, t, seed))) for t in trials for seed in cfg.seeds]
     return runs, f"valid/{task or labels[0]}/{name}"
 
 
