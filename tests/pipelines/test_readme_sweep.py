@@ -38,7 +38,10 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "configs").symlink_to(ROOT / "configs")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the training ranks import this checkout's packages
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # The default store (runs/mlflow.db here); MLflow exports MLFLOW_TRACKING_URI when the sweep sets it, which
+    # the test must not leave behind: recorded as unset, it is removed again afterwards.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.delenv("RANKER_RUNS", raising=False)
     return tmp_path
 
@@ -71,3 +74,4 @@ def test_readme_sweep_and_best_yaml(workdir: Path) -> None:
     picked = json.loads((out / "runs" / f"{result['best']['trial']}-s0" / "results.json").read_text())
     rerun = json.loads((out / "best" / "results.json").read_text())
     assert rerun["history"] == picked["history"] and rerun["steps"] == 6
+    assert (workdir / "runs" / "mlflow.db").is_file()

@@ -300,6 +300,19 @@ def test_ranking_without_a_complete_trial_picks_nothing() -> None:
 # -- End to end ------------------------------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def mlflow_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The SQLite store `ranker train` uses with RANKER_RUNS in tmp_path.
+
+    ``mlflow.set_tracking_uri`` (called by the sweep in this process) exports ``MLFLOW_TRACKING_URI`` for
+    subprocesses; recorded here as unset, it is removed again after the test instead of steering later tests' runs.
+    """
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.setenv("RANKER_RUNS", str(tmp_path / "mlruns"))
+    return tmp_path / "mlruns" / "mlflow.db"
+
+
 def _mtimes(folder: Path) -> dict[str, int]:
     return {str(p): p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -322,11 +335,13 @@ def _mlflow_runs(db: Path) -> dict[str, tuple[str, str | None, str]]:
 @pytest.mark.e2e
 @pytest.mark.dist
 def test_tiny_sweep_picks_on_validation_nests_runs_resumes_and_best_yaml_reruns(
-    tiny_features: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tiny_features: Path,
+    mlflow_db: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.chdir(ROOT)  # the tiny sweep's base path is relative, as in the README
-    monkeypatch.setenv("RANKER_RUNS", str(tmp_path / "mlruns"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out = tmp_path / "sweep"
     args = ["sweep", str(TINY_SWEEP), "--set", f"fixed.features={tiny_features}", "--set", f"out_dir={out}"]
     assert cli.main([*args, "--max-parallel", "2"]) == 0
@@ -352,7 +367,7 @@ def test_tiny_sweep_picks_on_validation_nests_runs_resumes_and_best_yaml_reruns(
     assert best_yaml.pop("out_dir") == str(out / "best") and run_yaml.pop("out_dir") == str(out / "runs" / picked)
     assert best_yaml == run_yaml
     # MLflow: one parent, each run a child under it, in the store `ranker train` uses.
-    db = tmp_path / "mlruns" / "mlflow.db"
+    db = mlflow_db
     parent = json.loads((out / "mlflow_parent.json").read_text())["run_id"]
     mlflow_runs = _mlflow_runs(db)
     assert mlflow_runs[parent] == ("sweep", None, "FINISHED")
@@ -385,10 +400,13 @@ def test_tiny_sweep_picks_on_validation_nests_runs_resumes_and_best_yaml_reruns(
 @pytest.mark.dist
 @pytest.mark.slow
 def test_an_interrupted_sweep_fails_clearly_and_resumes(
-    tiny_features: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+    tiny_features: Path,
+    mlflow_db: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.chdir(ROOT)
-    monkeypatch.setenv("RANKER_RUNS", str(tmp_path / "mlruns"))
     out = tmp_path / "sweep"
     args = ["sweep", str(TINY_SWEEP), "--set", f"fixed.features={tiny_features}", "--set", f"out_dir={out}"]
     monkeypatch.setenv("RANKER_STOP_AT_STEP", "8")  # every run ends right after its checkpoint at step 8
@@ -402,7 +420,7 @@ def test_an_interrupted_sweep_fails_clearly_and_resumes(
     for run in (out / "runs").iterdir():
         assert [h["step"] for h in json.loads((run / "results.json").read_text())["history"]] == [4, 8, 12]
     assert (out / "best.yaml").exists()
-    parents = {p for _, p, _ in _mlflow_runs(tmp_path / "mlruns" / "mlflow.db").values() if p}
+    parents = {p for _, p, _ in _mlflow_runs(mlflow_db).values() if p}
     assert parents == {json.loads((out / "mlflow_parent.json").read_text())["run_id"]}  # one parent, re-opened
 
 
