@@ -59,7 +59,7 @@ def test_readme_dry_run_lists_the_twelve_runs(workdir: Path, capsys: pytest.Capt
     trials = trial_list(load_sweep(ROOT / dry_run[1]))
     assert [row[0] for row in listing] == [f"{t.id}-s0" for t in trials] and len(trials) == 12
     assert all(row[1:3] == ["to", "train"] for row in listing)
-    assert not (workdir / "runs").exists()  # checked and listed, nothing trained
+    assert not (workdir / "runs" / "sweep-movielens-hiformer").exists()  # checked and listed, nothing trained
 
 
 @pytest.mark.slow
