@@ -32,15 +32,20 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             if type(None) in args:
                 return None
             raise ConfigError(f"{_at(where)} must not be null")
-        errors = []
+        errors = {}
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _convert(value, arg, where)
             except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{_at(where)} no type of {tp} fits {value!r}")
+                errors[arg] = str(err)
+        # The message of the one type whose shape the value has (a mapping for a dataclass) says what is wrong inside.
+        shaped = [msg for arg, msg in errors.items() if _same_shape(value, arg)]
+        if len(errors) == 1 or len(shaped) == 1:
+            raise ConfigError(shaped[0] if len(shaped) == 1 else next(iter(errors.values())))
+        kinds = " or ".join(_kind(arg) for arg in args if arg is not type(None))
+        raise ConfigError(f"{_at(where)} expected {kinds}, got {value!r}")
     if origin is typing.Literal:
         if value not in get_args(tp):
             raise ConfigError(f"{_at(where)} {value!r} is not one of {list(get_args(tp))}")
@@ -66,6 +71,27 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{_at(where)} expected {tp.__name__}, got {value!r}")
         return value
     raise ConfigError(f"{_at(where)} unsupported config type {tp}")
+
+
+def _same_shape(value: Any, tp: Any) -> bool:
+    """Whether ``value`` is a mapping where ``tp`` takes one, or a list where ``tp`` takes one."""
+    if dataclasses.is_dataclass(tp) or get_origin(tp) is dict:
+        return isinstance(value, dict)
+    return get_origin(tp) in (tuple, list) and isinstance(value, list | tuple)
+
+
+def _kind(tp: Any) -> str:
+    """A type as a config reader would name it: ``a list``, ``a mapping (Range)``, ``int``."""
+    origin = get_origin(tp)
+    if origin in (tuple, list):
+        return "a list"
+    if origin is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping ({tp.__name__})"
+    if origin is typing.Literal:
+        return f"one of {list(get_args(tp))}"
+    return getattr(tp, "__name__", str(tp))
 
 
 def _at(where: str) -> str:
@@ -108,7 +134,13 @@ def load_yaml(cls: type[T], path: str | Path, overrides: dict[str, Any] | None =
         raise ConfigError(f"{path}: config file not found") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from err
-    return from_dict(cls, apply_overrides({} if data is None else data, overrides), where=f"{path}:")
+    data = {} if data is None else data
+    if isinstance(data, dict):  # else from_dict says why
+        try:
+            data = apply_overrides(data, overrides)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from err
+    return from_dict(cls, data, where=f"{path}:")
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
@@ -116,8 +148,11 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> d
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")
-        for key in parents:
+        for i, key in enumerate(parents):
             node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                inner = ".".join(parents[: i + 1])
+                raise ConfigError(f"override {dotted!r}: {inner} is {node!r}, not a mapping with keys")
         node[leaf] = value
     return data
 

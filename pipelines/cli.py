@@ -400,7 +400,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=2, help="training processes (default %(default)s)")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs go (default %(default)s)")
     p.set_defaults(func=_cmd_demo)
+    _add_sweep_parser(sub)
     return parser
+
+
+# -- ranker sweep ----------------------------------------------------------------------------------------------------
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from features.strict_yaml import parse_overrides
+    from pipelines.sweep import load_sweep, run_sweep
+
+    cfg = load_sweep(args.sweep, parse_overrides(args.set))
+    run_sweep(cfg, args.sweep, max_parallel=args.max_parallel, resume=args.resume, dry_run=args.dry_run)
+    if not args.dry_run:
+        out = Path(cfg.out_dir)
+        print(f"summary: {out / 'summary.md'}\nreport:  {out / 'summary.html'}\nbest:    {out / 'best.yaml'}")
+    return 0
+
+
+def _add_sweep_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="grid or seeded random search over training config keys, picked on validation (see docs/sweep.md)",
+        description="Trains every configuration of SWEEP.yaml with `ranker train`'s launcher, each an MLflow child "
+        "run of the sweep's; writes summary.md, summary.html and best.yaml (a train config) into its out_dir.",
+    )
+    p.add_argument("sweep", type=Path, help="sweep config YAML (see configs/sweep/)")
+    p.add_argument("--dry-run", action="store_true", help="check the config and print the runs, train nothing")
+    p.add_argument("--max-parallel", type=int, default=1, help="runs trained at once (default %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue interrupted runs from their newest checkpoint")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a sweep config key, e.g. trials=4"
+    )
+    p.set_defaults(func=_cmd_sweep)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -162,7 +162,7 @@ def run_tags() -> dict[str, str]:
 def start_run(experiment: str, out_dir: Path, run_name: str | None = None) -> Any:
     """Starts a run (creating the experiment if needed), tagged with :func:`run_tags` and ``out_dir``."""
     _use_experiment(experiment)
-    return mlflow.start_run(run_name=run_name, tags={"out_dir": str(out_dir), **run_tags()})
+    return mlflow.start_run(run_name=run_name, tags={"out_dir": str(out_dir), **run_tags(), **parent_run_tags()})
 
 
 def run_record(run: Any) -> dict[str, str]:
@@ -502,3 +502,31 @@ def gate_runs(experiment: str, name: str, version: int) -> list[dict[str, str]]:
         output_format="list",
     )
     return [dict(r.data.tags) for r in found]
+
+
+# -- Sweeps: one parent run per `ranker sweep`, each training run it launches a child --------------------------------
+
+PARENT_RUN_ENV = "RANKER_MLFLOW_PARENT_RUN_ID"  # set by the sweep for the training runs it launches
+
+
+def parent_run_tags() -> dict[str, str]:
+    """MLflow's nesting tag for a run that a sweep launched (the sweep sets ``PARENT_RUN_ENV`` to its run id)."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    parent = os.environ.get(PARENT_RUN_ENV)
+    return {MLFLOW_PARENT_RUN_ID: parent} if parent else {}
+
+
+def start_parent_run(experiment: str, out_dir: Path, run_name: str, run_id: str | None = None) -> str:
+    """Starts a sweep's run, or re-opens ``run_id`` so that a re-run sweep keeps one parent; returns the run's id.
+
+    ``run_id`` goes through ``$MLFLOW_RUN_ID``, MLflow's own way to continue a run (``start_run`` reads and clears it);
+    a run that is gone (deleted, or another store) gives way to a new one.
+    """
+    if run_id:
+        os.environ["MLFLOW_RUN_ID"] = run_id
+    try:
+        return start_run(experiment, out_dir, run_name).info.run_id
+    except mlflow.exceptions.MlflowException:
+        os.environ.pop("MLFLOW_RUN_ID", None)
+        return start_run(experiment, out_dir, run_name).info.run_id

@@ -70,6 +70,14 @@ class OptimConfig:
     warmup_steps: int = 50
     schedule: Literal["cosine", "constant"] = "cosine"
 
+    def __post_init__(self) -> None:
+        for name in ("dense_lr", "sparse_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "grad_clip", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
 
 @dataclass(frozen=True)
 class TrainConfig:

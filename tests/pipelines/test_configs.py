@@ -21,8 +21,9 @@ from tests.helpers import write_tiny_dataset
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).parents[2]
-# Training configs; configs/compress/ and configs/promote/ hold `ranker compress` and `ranker promote` configs.
-CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name not in ("compress", "promote"))
+# Training configs; configs/compress/, configs/promote/ and configs/sweep/ hold `ranker compress`, `ranker promote`
+# and `ranker sweep` configs (sweeps: tests/pipelines/test_sweep.py).
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name not in ("compress", "promote", "sweep"))
 COMPRESS_CONFIGS = sorted((ROOT / "configs" / "compress").glob("*.yaml"))
 PROMOTE_CONFIGS = sorted((ROOT / "configs" / "promote").glob("*.yaml"))
 
