@@ -27,6 +27,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -43,6 +44,8 @@ sys.path.insert(0, str(ROOT))
 from features.batch import RankBatch  # noqa: E402
 from features.loader import RankLoader  # noqa: E402
 from features.processor import FeatureMap, processed_files  # noqa: E402
+from pipelines.distributed import init_distributed  # noqa: E402
+from pipelines.launch import LOOPBACK, local_env  # noqa: E402
 from pipelines.train import TrainConfig, load_config, seed_everything  # noqa: E402
 
 MODELS = ("hiformer", "transformer", "hetero_attention", "dcnv2", "dlrm")
@@ -93,7 +96,7 @@ def batches(loader: RankLoader) -> Iterator[RankBatch]:
 def worker(args: argparse.Namespace) -> None:
     """One rank of a throughput measurement (under torchrun); rank 0 writes the JSON result."""
     torch.set_num_threads(args.threads[0])
-    dist.init_process_group("gloo")
+    init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
     cfg = load_config(CONFIG, {"features": str(args.features), "out_dir": "-", "model.interaction": args.model})
     seed_everything(cfg.seed)
@@ -148,12 +151,15 @@ def throughput(model: str, ranks: int, threads: int, args: argparse.Namespace) -
     """Launches ``worker`` under torchrun (as ``ranker train`` does) and returns its result."""
     result = Path(f"/tmp/train_throughput-{model}-{ranks}x{threads}.json")
     result.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={ranks}", "--rdzv-backend=c10d",
-           "--rdzv-endpoint=127.0.0.1:0", "--nnodes=1", __file__, "--worker", "--model", model,
-           "--features", str(args.features), "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--result", str(result), "--threads", str(threads)]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with tempfile.TemporaryDirectory() as rdzv:
+        # The launcher's one-node rendezvous (a file, ranks on 127.0.0.1): no socket listens beyond loopback.
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={ranks}", "--nnodes=1",
+               "--rdzv-backend=c10d", f"--rdzv-endpoint={Path(rdzv) / 'rdzv'}", "--rdzv-conf=store_type=file",
+               f"--local-addr={LOOPBACK}", __file__, "--worker", "--model", model,
+               "--features", str(args.features), "--steps", str(args.steps), "--warmup", str(args.warmup),
+               "--result", str(result), "--threads", str(threads)]  # fmt: skip
+        env = local_env({**os.environ, "OMP_NUM_THREADS": str(threads)})
+        subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return json.loads(result.read_text())
 
 
@@ -236,8 +242,8 @@ def split(model: str, args: argparse.Namespace) -> dict[str, Any]:
 def split_all(args: argparse.Namespace) -> None:
     """All models' splits in one process (worker mode: a single-rank process group for DMP)."""
     torch.set_num_threads(SPLIT_THREADS)
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": os.environ.get("SPLIT_PORT", "29533")})
-    dist.init_process_group("gloo", rank=0, world_size=1)
+    # An in-process store: a single-rank group needs no rendezvous, and so no listening socket.
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     out = [split(model, args) for model in MODELS]
     Path(args.result).write_text(json.dumps({"splits": out, "peak_rss_mib": round(peak_rss_mib(), 1)}, indent=2))
     dist.destroy_process_group()
@@ -355,6 +361,7 @@ def main() -> int:
         "split_peak_rss_mib": split_result["peak_rss_mib"],
         "notes": args.note,
     }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     write_markdown(report, args.out.with_suffix(".md"))
     return 0

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
+import os
 from pathlib import Path
 from typing import Any
 
@@ -238,3 +241,48 @@ def train_tiny_export(source: Path, features: Path, out: Path, steps: int = 150,
                 break
     trained = model.model.state_dict()
     return variant_export(source, out, lambda state: state.update(trained))
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children, ...), from /proc."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rpartition(")")[2].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        found += frontier
+    return found
+
+
+def _proc_address(hex_address: str) -> str:
+    """An address of /proc/net/tcp{,6}: IPv4 as one little-endian word, IPv6 as four."""
+    raw = bytes.fromhex(hex_address)
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return str(ipaddress.ip_address(words))
+
+
+def listening_sockets() -> dict[str, tuple[str, int]]:
+    """Every listening TCP socket of this machine's network namespace: ``socket:[inode]`` -> (address, port)."""
+    sockets = {}
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # TCP_LISTEN
+                address, port = fields[1].split(":")
+                sockets[f"socket:[{fields[9]}]"] = (_proc_address(address), int(port, 16))
+    return sockets
+
+
+def listening(pids: list[int]) -> list[tuple[int, str, int]]:
+    """(pid, address, port) of each listening TCP socket that the processes ``pids`` hold, from /proc."""
+    listening = listening_sockets()
+    found = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if (target := os.readlink(fd)) in listening:
+                        found.append((pid, *listening[target]))
+    return found

@@ -9,6 +9,7 @@ overall conditions instead and shows that the slice rule alone rejects ``shifted
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shlex
@@ -19,6 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import polars as pl
@@ -32,7 +34,7 @@ from pipelines.cli import main
 from pipelines.evaluate import evaluate_model
 from pipelines.metrics import EvalConfig
 from ranker.predict import Predictor
-from tests.helpers import build_tiny_export, make_frame, variant_export
+from tests.helpers import build_tiny_export, listening_sockets, make_frame, variant_export
 from tests.mlflow_server import CLIENT_ENV, model_server
 
 pytestmark = pytest.mark.e2e
@@ -350,6 +352,10 @@ def test_models_serve_answers_like_evaluate_and_refuses_bad_requests(world, cham
         assert status == 200, body
         served = np.array([[p["score_click"], p["score_buy"]] for p in body["predictions"]])
         np.testing.assert_allclose(served, reference, rtol=0, atol=1e-6)
+        # Both servers the tests start (the model server and the tracking server) listen on loopback only.
+        for port in (urlsplit(url).port, urlsplit(mlflow_server).port):
+            bound = {address for address, p in listening_sockets().values() if p == port}
+            assert bound and all(ipaddress.ip_address(a).is_loopback for a in bound), (port, bound)
         bad = {
             "malformed JSON": b'{"dataframe_split": ',
             "wrong columns": _split(raw.rename({"price": "cost"})),

@@ -24,7 +24,7 @@ import yaml
 
 from pipelines import checkpoints, launch
 from pipelines.build_features import build_features
-from tests.helpers import write_tiny_dataset
+from tests.helpers import descendants, listening, write_tiny_dataset
 
 ROOT = Path(__file__).parents[2]
 STEPS = 14  # 7 steps per epoch, 2 epochs; checkpoints at 4, 7, 8, 12, 14
@@ -199,51 +199,12 @@ def test_second_run_into_the_same_out_dir_is_refused(tiny: Path, tmp_path: Path)
     assert json.loads((tmp_path / "run" / "results.json").read_text())["steps"] == STEPS
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (children, their children, ...), from /proc."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            parents[int(stat.parent.name)] = int(stat.read_text().rpartition(")")[2].split()[1])
-    found, frontier = [], [pid]
-    while frontier:
-        frontier = [child for child, parent in parents.items() if parent in frontier]
-        found += frontier
-    return found
-
-
-def _address(hex_address: str) -> str:
-    """An address of /proc/net/tcp{,6}: IPv4 as one little-endian word, IPv6 as four."""
-    raw = bytes.fromhex(hex_address)
-    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-    return str(ipaddress.ip_address(words))
-
-
-def _listening(pids: list[int]) -> list[tuple[int, str, int]]:
-    """(pid, address, port) of each listening TCP socket that the processes ``pids`` hold, from /proc."""
-    listening = {}
-    for table in ("tcp", "tcp6"):
-        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A":  # TCP_LISTEN
-                address, port = fields[1].split(":")
-                listening[f"socket:[{fields[9]}]"] = (_address(address), int(port, 16))
-    found = []
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                with contextlib.suppress(OSError):
-                    if (target := os.readlink(fd)) in listening:
-                        found.append((pid, *listening[target]))
-    return found
-
-
 def test_listening_sockets_are_read_from_proc() -> None:
     with (
         socket.create_server(("0.0.0.0", 0)) as everywhere,
         socket.create_server(("::1", 0), family=socket.AF_INET6) as local,
     ):
-        found = _listening([os.getpid()])
+        found = listening([os.getpid()])
         assert (os.getpid(), "0.0.0.0", everywhere.getsockname()[1]) in found
         assert (os.getpid(), "::1", local.getsockname()[1]) in found
 
@@ -266,8 +227,8 @@ def test_one_node_job_listens_on_loopback_only(tiny: Path, tmp_path: Path) -> No
         while not marker.exists():
             assert job.poll() is None and time.time() < deadline, (tmp_path / "job.log").read_text()[-3000:]
             time.sleep(0.2)
-        tree = [job.pid, *_descendants(job.pid)]
-        listening = _listening(tree)
+        tree = [job.pid, *descendants(job.pid)]
+        sockets = listening(tree)
     finally:
         for pid in reversed(tree or [job.pid]):
             with contextlib.suppress(ProcessLookupError):
@@ -275,10 +236,10 @@ def test_one_node_job_listens_on_loopback_only(tiny: Path, tmp_path: Path) -> No
         job.wait()
         log.close()
     assert len(tree) >= 4, tree  # the launcher, torchrun's agent and two ranks
-    listeners = {pid for pid, _, _ in listening}
+    listeners = {pid for pid, _, _ in sockets}
     # tree[1] is torchrun's agent: it listens on nothing; the two ranks do (rank 0's store, gloo).
-    assert len(listeners) == 2 and not listeners & {job.pid, tree[1]}, (tree, listening)
-    assert all(ipaddress.ip_address(address).is_loopback for _, address, _ in listening), listening
+    assert len(listeners) == 2 and not listeners & {job.pid, tree[1]}, (tree, sockets)
+    assert all(ipaddress.ip_address(address).is_loopback for _, address, _ in sockets), sockets
 
 
 @pytest.mark.unit
