@@ -115,7 +115,7 @@ def token_scaling(tokens: tuple[int, ...], dim: int, batch: int, reps: int) -> l
     return rows
 
 
-def plot_scaling(rows: list[dict[str, Any]], path: Path) -> None:
+def plot_scaling(rows: list[dict[str, Any]], path: Path, batch: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -126,7 +126,7 @@ def plot_scaling(rows: list[dict[str, Any]], path: Path) -> None:
         part = [r for r in rows if r["projection"] == label]
         axes[0].plot([r["T"] for r in part], [r["macs_per_candidate"] / 1e6 for r in part], marker="o", label=label)
         axes[1].plot([r["T"] for r in part], [r["p50_ms"] for r in part], marker="o", label=label)
-    for ax, ylabel in zip(axes, ("MMACs per candidate", "p50 ms, 1,024 candidates, 1 thread"), strict=True):
+    for ax, ylabel in zip(axes, ("MMACs per candidate", f"p50 ms, {batch:,} candidates, 1 thread"), strict=True):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("feature tokens T")
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         diff = (reference[f"{name} (AOTI)"] - reference[name]).abs().max().item()
         latency[f"{name} (AOTI)"]["max_abs_diff_vs_program"] = diff
     scaling = token_scaling((8, 16, 32, 64, 128), 16, args.scaling_batch, args.scaling_reps)
-    plot_scaling(scaling, args.out.with_name(args.out.name + "_scaling.png"))
+    plot_scaling(scaling, args.out.with_name(args.out.name + "_scaling.png"), args.scaling_batch)
     result = {
         "command": " ".join([sys.executable.split("/")[-1], "-m", "benchmarks.serving", *(argv or sys.argv[1:])]),
         "machine": {
