@@ -187,10 +187,14 @@ def test_second_run_into_the_same_out_dir_is_refused(tiny: Path, tmp_path: Path)
     log = (tmp_path / "first.log").open("w")  # a file, not a pipe, that no one reads while the second runs
     first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     lock = tmp_path / "run" / launch.LOCK
-    deadline = time.time() + 120
+    # Until the first job holds the lock there is nothing to test; on a loaded CI machine its imports alone can take
+    # minutes (a 120 s wait once let the second job start first and train).
+    deadline = time.time() + 600
     while not (lock.exists() and lock.read_text().strip()) and time.time() < deadline:
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         time.sleep(0.2)
-    line = _error_line(_cli(config, timeout=120))
+    assert lock.exists() and lock.read_text().strip() == str(first.pid), "the first job never took the lock"
+    line = _error_line(_cli(config, timeout=300))
     assert first.poll() is None, "the first job ended before the second tried: nothing was tested"
     assert line.startswith(f"ranker: error: out_dir {tmp_path / 'run'} is in use by another training run"), line
     assert f"pid {first.pid}" in line
