@@ -40,6 +40,7 @@ from features.strict_yaml import apply_overrides, from_dict, load_yaml, to_dict
 from pipelines import metrics as M
 from pipelines import steps
 from pipelines.report import render_gate
+from ranker.export import find_export
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 PACKAGE_EXPERIMENT = "hiformer-ranker"  # where an export logged by `ranker register` gets its run
@@ -62,9 +63,9 @@ def _record_path(export_dir: Path) -> Path | None:
 
 def resolve_export(path: Path) -> Path:
     """The export folder of ``path``: a training run folder (``RUN/export``) or an export folder itself."""
-    for candidate in (path, path / "export"):
-        if (candidate / "model.pt").exists():
-            return candidate
+    found = find_export(path)
+    if found is not None:
+        return found
     raise FileNotFoundError(f"{path}: neither an export (model.pt) nor a training run folder (export/model.pt)")
 
 

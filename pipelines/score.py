@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 from features.processor import FeatureMap, conform_inputs
 from features.validate import DataError
 from pipelines import steps
-from ranker.export import MODEL_FILE, export_digest
+from ranker.export import MODEL_FILE, export_digest, find_export
 
 STEP = "score"
 READ_ROWS = 65_536  # rows read from the input at a time, per process
@@ -156,10 +156,9 @@ def _resolve(model: str, scratch: Path) -> tuple[Path, dict[str, str]]:
         from pipelines import tracking
 
         return tracking.download_export(model, scratch)
-    path = Path(model)
-    for candidate in (path, path / "export"):
-        if (candidate / MODEL_FILE).is_file():
-            return candidate, {"requested": model, "uri": str(candidate.resolve())}
+    found = find_export(Path(model))
+    if found is not None:
+        return found, {"requested": model, "uri": str(found.resolve())}
     raise FileNotFoundError(
         f"--model {model}: neither an export folder (no {MODEL_FILE}) nor a run with one, nor a models:/ URI"
     )

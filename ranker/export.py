@@ -108,6 +108,14 @@ def export_digest(export_dir: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
+def find_export(path: Path) -> Path | None:
+    """The export folder of ``path``: ``path`` itself or ``path/export`` (a training run), whichever holds the model."""
+    for candidate in (path, path / "export"):
+        if (candidate / MODEL_FILE).is_file():
+            return candidate
+    return None
+
+
 def load_exported(export_dir: str | Path) -> Ranker:
     """The exported model on CPU in eval mode."""
     export_dir = Path(export_dir)
