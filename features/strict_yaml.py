@@ -127,6 +127,11 @@ def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
 
 def load_yaml(cls: type[T], path: str | Path, overrides: dict[str, Any] | None = None) -> T:
     """Loads ``path`` into ``cls``; ``overrides`` maps dotted keys (``train.lr``) to values applied first."""
+    return from_dict(cls, read_yaml(path, overrides), where=f"{path}:")
+
+
+def read_yaml(path: str | Path, overrides: dict[str, Any] | None = None) -> Any:
+    """The YAML document at ``path`` with ``overrides`` applied (when it is a mapping), not yet checked."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -140,7 +145,7 @@ def load_yaml(cls: type[T], path: str | Path, overrides: dict[str, Any] | None =
             data = apply_overrides(data, overrides)
         except ConfigError as err:
             raise ConfigError(f"{path}: {err}") from err
-    return from_dict(cls, data, where=f"{path}:")
+    return data
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:

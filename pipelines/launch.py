@@ -18,6 +18,7 @@ import tempfile
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 LOCK = ".lock"
 LOOPBACK = "127.0.0.1"
@@ -103,6 +104,24 @@ def failure_line(log: str, code: int) -> str:
     return line + "; complete checkpoints are kept: `ranker train --resume` continues from the newest"
 
 
+def _check_store_early(config: Path, overrides: dict[str, Any]) -> None:
+    """Stops a job whose MLflow server does not answer before torch and TorchRec are imported.
+
+    Those imports cost about 15 s of CPU time, so checking the store first lets a dead server end the job well
+    within 30 s. A config that does not load is left to ``preflight``, which names the problem.
+    """
+    from features.strict_yaml import read_yaml
+
+    try:
+        data = read_yaml(config, overrides)
+    except ValueError:
+        return
+    if isinstance(data, dict) and data.get("tracking", True) is not False:
+        from pipelines import tracking
+
+        tracking.check_store()
+
+
 def launch_training(
     config: Path, nproc: int, overrides: list[str], resume: bool = False, max_restarts: int = 0, **rdzv: object
 ) -> int:
@@ -114,13 +133,16 @@ def launch_training(
     restarted ranks continue from the last complete checkpoint.
     """
     from features.strict_yaml import parse_overrides
-    from pipelines.train import load_config, preflight
 
     if nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {nproc}")
     if max_restarts < 0:
         raise ValueError(f"--max-restarts must be >= 0, got {max_restarts}")
-    cfg = load_config(config, parse_overrides(overrides))
+    parsed = parse_overrides(overrides)
+    _check_store_early(config, parsed)
+    from pipelines.train import load_config, preflight
+
+    cfg = load_config(config, parsed)
     preflight(cfg, resume)
     extra = [f"--set={item}" for item in overrides] + (["--resume"] if resume else [])
     threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))

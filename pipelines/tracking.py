@@ -108,8 +108,14 @@ def failure_reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {first[:200]}"
 
 
-def check_store(experiment: str) -> None:
-    """Raises ``ValueError`` (one line) unless the tracking store answers; creates ``experiment`` there.
+def _ping() -> str:
+    uri = connect()
+    mlflow.search_experiments(max_results=1)
+    return uri
+
+
+def check_store(experiment: str | None = None) -> None:
+    """Raises ``ValueError`` (one line) unless the tracking store answers; creates ``experiment`` there if given.
 
     Runs in the launching process before any rank starts, with :func:`bound_retries` applied, so a dead server
     ends the job in seconds instead of after MLflow's default retries.
@@ -119,7 +125,7 @@ def check_store(experiment: str) -> None:
     level = retries.level
     retries.setLevel(logging.ERROR)
     try:
-        uri = _use_experiment(experiment)
+        uri = _use_experiment(experiment) if experiment else _ping()
     except Exception as err:  # MlflowException, or a requests error the REST client lets through
         settings = ", ".join(f"{k.removeprefix('MLFLOW_HTTP_REQUEST_')}={os.environ[k]}" for k in RETRY_DEFAULTS)
         raise ValueError(

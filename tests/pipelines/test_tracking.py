@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -51,6 +52,12 @@ def _config(tmp_path: Path, features: Path, **overrides: object) -> Path:
 def _env(uri: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in RETRY_KEYS}
     return {**env, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1", **extra}
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 @pytest.mark.unit
@@ -112,10 +119,10 @@ def test_embedded_store_records_the_run_evaluation_and_compression(
 @pytest.mark.e2e
 @pytest.mark.parametrize("server", ["refuses", "never-answers"])
 def test_dead_server_stops_the_job_before_training(features: Path, tmp_path: Path, server: str) -> None:
-    """The job fails in the launching process with one line; MLflow's part of the wait is under 20 s.
+    """The job fails in the launching process with one line, within 30 s on an idle machine.
 
-    The whole process is timed too, but its start-up (torch, TorchRec and MLflow imports) takes 10-40 s on 2 busy
-    shared cores, so only a loose bound is asserted on it: far below MLflow's unbounded 4 minutes.
+    Wall time on 2 shared cores says little (the same run takes 20 s idle and 150 s at load 10), so the bound is
+    on what an idle machine would take: the process's CPU time plus MLflow's wait (which is sleeping on sockets).
     """
     port = free_port()
     with socket.socket() as listener:
@@ -123,15 +130,15 @@ def test_dead_server_stops_the_job_before_training(features: Path, tmp_path: Pat
             listener.bind(("127.0.0.1", port))
             listener.listen(16)
         cmd = [sys.executable, "-m", "pipelines.cli", "train", "--config", str(_config(tmp_path, features))]
-        started = time.monotonic()
+        started, before = time.monotonic(), _children_cpu()
         out = subprocess.run(cmd, cwd=ROOT, env=_env(f"http://127.0.0.1:{port}"), capture_output=True, text=True,
-                             timeout=300)  # fmt: skip
-        seconds = time.monotonic() - started
+                             timeout=600)  # fmt: skip
+        seconds, cpu = time.monotonic() - started, _children_cpu() - before
     assert out.returncode != 0
     lines = out.stderr.strip().splitlines()
     waited = float(re.search(r"gave up after ([0-9.]+) s", lines[-1]).group(1))  # type: ignore[union-attr]
-    print(f"{server}: the job failed after {seconds:.1f} s, of which MLflow {waited:.1f} s")
-    assert waited < 20 and seconds < 120, (seconds, lines[-1])
+    print(f"{server}: the job failed after {seconds:.1f} s (CPU {cpu:.1f} s), of which MLflow waited {waited:.1f} s")
+    assert waited < 20 and cpu + waited < 30, (cpu, waited, lines[-1])
     cause = "connection refused" if server == "refuses" else "read timed out"
     assert lines[-1].startswith(
         f"ranker: error: MLflow tracking store http://127.0.0.1:{port} does not answer ({cause}"
