@@ -37,6 +37,7 @@ def torchrun_command(
     rdzv_id: str = "ranker",
     max_restarts: int = 0,
     rdzv_file: Path | None = None,
+    local_addr: str = "",
 ) -> list[str]:
     """The torchrun command line running ``pipelines.train`` on ``nproc`` processes of this node.
 
@@ -44,7 +45,8 @@ def torchrun_command(
     127.0.0.1: torchrun's agent then listens on no port at all (a TCP store listens on every interface, whatever
     host it is given); see :func:`local_env` and ``pipelines.distributed.init_distributed`` for the ranks. With a
     loopback ``rdzv_endpoint`` every node is on this machine: the agents join the store that
-    :func:`loopback_rendezvous` serves, and the ranks' address is 127.0.0.1 too.
+    :func:`loopback_rendezvous` serves, and the ranks' address is 127.0.0.1 too. Otherwise ``local_addr`` is how
+    the other nodes reach this one (torchrun's default: its fully qualified host name).
     """
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
     if nnodes > 1:
@@ -53,6 +55,8 @@ def torchrun_command(
         cmd += [f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}", f"--rdzv-id={rdzv_id}"]
         if is_loopback_endpoint(rdzv_endpoint):
             cmd += ["--rdzv-conf=is_host=false", f"--local-addr={LOOPBACK}"]
+        elif local_addr:
+            cmd.append(f"--local-addr={local_addr}")
     else:
         if rdzv_file is None:
             raise ValueError("a one-node job needs rdzv_file, the rendezvous file of this job")
@@ -154,18 +158,16 @@ def launch_training(
     nnodes: int = 1,
     rdzv_endpoint: str = "",
     rdzv_id: str = "ranker",
+    local_addr: str = "",
 ) -> int:
     """Runs training to completion; returns 0. ``overrides``: ``key=value`` strings.
 
     The config, the features and the model are checked here first (``pipelines.train.preflight``): a bad config
     is one ``ValueError`` in this process, before any rank starts. A failed job raises ``ChildProcessError`` with
     :func:`failure_line`. ``max_restarts``: torchrun restarts all ranks up to this many times after a failure; the
-    restarted ranks continue from the last complete checkpoint. ``nnodes``, ``rdzv_endpoint``, ``rdzv_id``: as
-    torchrun's, the same on every node of a multi-node job (see docs/multinode.md).
+    restarted ranks continue from the last complete checkpoint. ``nnodes``, ``rdzv_endpoint``, ``rdzv_id``,
+    ``local_addr``: as torchrun's (the first three the same on every node of a multi-node job; docs/multinode.md).
     """
-    from features.strict_yaml import parse_overrides
-    from pipelines.train import load_config, preflight
-
     if nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {nproc}")
     if max_restarts < 0:
@@ -174,6 +176,9 @@ def launch_training(
         raise ValueError(f"--nnodes must be >= 1, got {nnodes}")
     if nnodes > 1 and not rdzv_endpoint:
         raise ValueError(NEEDS_ENDPOINT)
+    from features.strict_yaml import parse_overrides  # after the usage checks: these import torch (seconds)
+    from pipelines.train import load_config, preflight
+
     cfg = load_config(config, parse_overrides(overrides))
     preflight(cfg, resume)
     extra = [f"--set={item}" for item in overrides] + (["--resume"] if resume else [])
@@ -193,7 +198,7 @@ def launch_training(
     with lock, store, tempfile.TemporaryDirectory(prefix="ranker-rdzv-") as rdzv_dir:
         rdzv_file = Path(rdzv_dir) / "store" if one_node else None
         cmd = torchrun_command(
-            config, nproc, extra, nnodes, rdzv_endpoint, rdzv_id, max_restarts=max_restarts, rdzv_file=rdzv_file
+            config, nproc, extra, nnodes, rdzv_endpoint, rdzv_id, max_restarts, rdzv_file, local_addr
         )
         code, tail = _run(cmd, env)
     if code != 0:

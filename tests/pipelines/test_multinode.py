@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from pipelines.build_features import build_features
+from pipelines.launch import is_loopback_endpoint, torchrun_command
 from tests.helpers import descendants, listening, listening_sockets, write_tiny_dataset
 from tests.mlflow_server import free_port
 
@@ -59,6 +60,25 @@ def _kill_unfinished(nodes: list[subprocess.Popen]) -> None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             node.wait()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("endpoint", "loopback"),
+    [("127.0.0.1:29500", True), ("[::1]:29500", True), ("127.0.0.1", True), ("10.0.0.1:29400", False),
+     ("node0.example:29400", False), ("localhost:29400", False)],
+)  # fmt: skip
+def test_loopback_endpoints_keep_the_nodes_on_this_machine(endpoint: str, loopback: bool) -> None:
+    """A loopback endpoint: the agents join the launcher's store and the ranks use 127.0.0.1 whatever
+    ``--local-addr`` says; any other endpoint: torchrun hosts the store and ``--local-addr`` is passed on."""
+    cmd = torchrun_command(Path("c.yaml"), 1, [], 2, endpoint, "job", local_addr="10.0.0.2")
+    assert is_loopback_endpoint(endpoint) == loopback
+    assert f"--rdzv-endpoint={endpoint}" in cmd and "--rdzv-id=job" in cmd and "--nnodes=2" in cmd
+    if loopback:
+        assert "--rdzv-conf=is_host=false" in cmd and "--local-addr=127.0.0.1" in cmd, cmd
+        assert "--local-addr=10.0.0.2" not in cmd
+    else:
+        assert not [arg for arg in cmd if arg.startswith("--rdzv-conf")] and "--local-addr=10.0.0.2" in cmd, cmd
 
 
 @pytest.mark.e2e
