@@ -19,11 +19,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from pipelines.build_features import build_features
 from pipelines.launch import is_loopback_endpoint, torchrun_command
-from tests.helpers import descendants, listening, listening_sockets, write_tiny_dataset
+from tests.helpers import descendants, listening, listening_sockets, tiny_train_config, write_tiny_dataset
 from tests.mlflow_server import free_port
 
 ROOT = Path(__file__).parents[2]
@@ -34,22 +33,6 @@ RTOL, ATOL = 1e-4, 1e-6
 
 def _train(config: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "pipelines.cli", "train", "--config", str(config), *args]
-
-
-def _config(folder: Path, features: Path, name: str) -> Path:
-    cfg = {
-        "features": str(features),
-        "out_dir": str(folder / name),
-        "model": {"interaction": "hiformer", "embedding_dim": 8, "interaction_kwargs": {"hiformer": {"num_layers": 1}}},
-        "batch_size": 32,
-        "epochs": 1,
-        "eval_every": 4,
-        "tracking": False,
-        "seed": 3,
-    }
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def _kill_unfinished(nodes: list[subprocess.Popen]) -> None:
@@ -83,7 +66,7 @@ def test_loopback_endpoints_keep_the_nodes_on_this_machine(endpoint: str, loopba
 
 @pytest.mark.e2e
 def test_nnodes_without_endpoint_is_one_line_error(tmp_path: Path) -> None:
-    config = _config(tmp_path, tmp_path / "no-features", "run")
+    config = tiny_train_config(tmp_path, tmp_path / "no-features", "run")
     out = subprocess.run(_train(config, "--nnodes", "2"), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2, out.stdout + out.stderr
     assert out.stderr.strip().splitlines() == [
@@ -102,14 +85,14 @@ def test_two_nodes_train_what_two_processes_train(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("GLOO_SOCKET_IFNAME", None)  # set for the tests (conftest); the launcher must choose loopback itself
     reference = subprocess.run(
-        _train(_config(tmp_path, features, "two-procs"), "--nproc", "2"),
+        _train(tiny_train_config(tmp_path, features, "two-procs", epochs=1, seed=3), "--nproc", "2"),
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     port, marker = free_port(), tmp_path / "go"  # rank 1 pauses after step 2 until the marker exists
     node_args = ["--nnodes", "2", "--nproc", "1", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "test"]
-    command = _train(_config(tmp_path, features, "two-nodes"), *node_args)
+    command = _train(tiny_train_config(tmp_path, features, "two-nodes", epochs=1, seed=3), *node_args)
     logs = [tmp_path / f"node{i}.log" for i in range(2)]
     with contextlib.ExitStack() as stack:
         nodes = [
