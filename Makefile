@@ -1,6 +1,7 @@
 # hiformer-ranker: two commands do all set-up on a fresh machine.
 #   make demo   builds the environment and runs the default job on the built-in data
 #   make test   builds the environment and runs the test suite (what CI runs)
+#   make bench  runs the benchmark suite (~45-60 min on an idle 2-core CPU): benchmarks/results/*.json + SUMMARY.md
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -45,6 +46,10 @@ test: install system-deps
 
 test-all: PYTEST_ARGS :=
 test-all: test
+
+# BENCH_ARGS: e.g. --only serving score (a partial rerun; SUMMARY.md is rebuilt from every result file).
+bench: install system-deps
+	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
 lint:
 	$(BIN)/ruff format --check . && $(BIN)/ruff check .

@@ -18,6 +18,10 @@ Usage::
 
     python benchmarks/model_quality.py --data-dir /tmp/qb            # runs what is missing, writes results
     python benchmarks/model_quality.py --data-dir /tmp/qb --phases tune seeds
+    python benchmarks/model_quality.py --data-dir /tmp/qb --learning-rates 0.003 --seeds 0 1   # the bench suite
+
+``--models``, ``--learning-rates`` and ``--seeds`` shrink the protocol (defaults: the full one above); ``--set``
+adds a config override to every run (e.g. ``max_steps=5`` for a plumbing check).
 
 Finished runs (``<runs>/<name>/results.json``) are reused, so the script can be stopped and rerun.
 """
@@ -60,6 +64,7 @@ def train_command(
     out_dir: Path,
     data_dir: Path,
     interaction_kwargs: dict[str, Any] | None = None,
+    overrides: tuple[str, ...] = (),
 ) -> list[str]:
     """The ``ranker train`` command line of one run (features read from ``data_dir``)."""
     sets = {
@@ -75,13 +80,17 @@ def train_command(
     cmd = ["python", "-m", "pipelines.cli", "train", "--config", CONFIGS[dataset], "--nproc", str(NPROC)]
     for key, value in sets.items():
         cmd += ["--set", f"{key}={value}"]
+    for item in overrides:
+        cmd += ["--set", item]
     return cmd
 
 
-def run(dataset: str, model: str, lr: float, seed: int, runs: Path, data_dir: Path) -> dict[str, Any]:
+def run(
+    dataset: str, model: str, lr: float, seed: int, runs: Path, data_dir: Path, overrides: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Trains one configuration unless its results exist; returns the summary kept in the report."""
     out_dir = runs / run_name(dataset, model, lr, seed)
-    cmd = train_command(dataset, model, lr, seed, out_dir, data_dir)
+    cmd = train_command(dataset, model, lr, seed, out_dir, data_dir, overrides=overrides)
     result_file = out_dir / "results.json"
     if not result_file.exists():
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -184,6 +193,7 @@ def fmt(stat: dict[str, float], digits: int = 4) -> str:
 
 def write_markdown(report: dict[str, Any], path: Path) -> None:
     ml = report["movielens-100k"]
+    rates = report["learning_rates"]
     lines = [
         "# Model quality: Hiformer vs baselines",
         "",
@@ -200,9 +210,10 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         "- Each interaction at its registered defaults (attention models: 2 layers, 2 heads, FFN 4·D, pre-LN, last "
         "layer pruned to the task token; Hiformer ranks auto: r_k = 2·D, r_v = 4·D; DCN-v2: 3 full-rank cross "
         "layers, stacked MLP 256-128; DLRM: dot interaction + MLP 256-128).",
-        f"- Tuned, equally for every model: the dense Adam learning rate in {list(LEARNING_RATES)} at seed 0, "
+        f"- Tuned, equally for every model: the dense Adam learning rate in {rates} at seed 0, "
         "chosen on **validation** AUC (best checkpoint of the run). Nothing else was tuned.",
-        f"- Then seeds {list(SEEDS)} at the chosen learning rate; mean ± sample std over the 3 seeds.",
+        f"- Then seeds {report['seeds']} at the chosen learning rate; mean ± sample std over the "
+        f"{len(report['seeds'])} seeds.",
         "",
         "## movielens-100k (temporal split), test metrics",
         "",
@@ -218,10 +229,10 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
             f"{fmt(s['valid_auc'])} | {ml['params'][model]:,} |"
         )
     lines += ["", "Learning-rate selection (seed 0, best validation AUC):", ""]
-    lines += ["| model | " + " | ".join(f"lr {lr:g}" for lr in LEARNING_RATES) + " | chosen |"]
-    lines += ["|---|" + "---|" * (len(LEARNING_RATES) + 1)]
+    lines += ["| model | " + " | ".join(f"lr {lr:g}" for lr in rates) + " | chosen |"]
+    lines += ["|---|" + "---|" * (len(rates) + 1)]
     for model, by_lr in ml["tuning"].items():
-        cells = " | ".join(f"{by_lr[f'{lr:g}']:.4f}" if f"{lr:g}" in by_lr else "-" for lr in LEARNING_RATES)
+        cells = " | ".join(f"{by_lr[f'{lr:g}']:.4f}" if f"{lr:g}" in by_lr else "-" for lr in rates)
         lines.append(f"| {model} | {cells} | {ml['summary'].get(model, {}).get('dense_lr', '-')} |")
     lines += ["", "## Verdict", "", report["verdict"], ""]
     fc = report.get("fashion-clicks")
@@ -280,36 +291,43 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "model_quality")
     parser.add_argument("--note", action="append", default=[], help="a line for the report's notes")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--learning-rates", nargs="+", type=float, default=list(LEARNING_RATES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS), help="the first one is the tuning seed")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     args = parser.parse_args()
+    sets = tuple(args.set)
 
     report_path = args.out.with_suffix(".json")
     previous = json.loads(report_path.read_text()) if report_path.exists() else {}
     runs: list[dict[str, Any]] = []
     ml = "movielens-100k"
     tuning: dict[str, dict[str, float]] = {}
-    for model in MODELS:
-        for lr in LEARNING_RATES:
-            if "tune" in args.phases or (args.runs / run_name(ml, model, lr, 0) / "results.json").exists():
-                runs.append(run(ml, model, lr, 0, args.runs, args.data_dir))
+    tune_seed = args.seeds[0]
+    for model in args.models:
+        for lr in args.learning_rates:
+            if "tune" in args.phases or (args.runs / run_name(ml, model, lr, tune_seed) / "results.json").exists():
+                runs.append(run(ml, model, lr, tune_seed, args.runs, args.data_dir, sets))
                 tuning.setdefault(model, {})[f"{lr:g}"] = runs[-1]["best_valid_auc"]
     chosen = {
         model: float(max(by_lr, key=lambda k: by_lr[k]))
         for model, by_lr in tuning.items()
-        if len(by_lr) == len(LEARNING_RATES)
+        if len(by_lr) == len(args.learning_rates)
     }
     summary: dict[str, dict[str, Any]] = {}
     for model, lr in chosen.items():
         seeds = [r for r in runs if r["model"] == model and r["dense_lr"] == lr]
-        for seed in SEEDS[1:]:
+        for seed in args.seeds[1:]:
             if "seeds" in args.phases or (args.runs / run_name(ml, model, lr, seed) / "results.json").exists():
-                seeds.append(run(ml, model, lr, seed, args.runs, args.data_dir))
+                seeds.append(run(ml, model, lr, seed, args.runs, args.data_dir, sets))
                 runs.append(seeds[-1])
-        if len(seeds) == len(SEEDS):
+        if len(seeds) == len(args.seeds):
             summary[model] = {"dense_lr": lr, **aggregate(seeds)}
     report: dict[str, Any] = {
         "machine": machine(),
-        "learning_rates": list(LEARNING_RATES),
-        "seeds": list(SEEDS),
+        "command": shlex.join(["python", "benchmarks/model_quality.py", *sys.argv[1:]]),
+        "learning_rates": args.learning_rates,
+        "seeds": args.seeds,
         "nproc": NPROC,
         ml: {"tuning": tuning, "summary": summary, "params": interaction_params(ml, args.data_dir)},
     }
@@ -323,9 +341,9 @@ def main() -> int:
     for model in fc_models if "hiformer" in chosen else []:
         lr = chosen[model]
         rows = []
-        for seed in SEEDS:
+        for seed in args.seeds:
             if "fashion" in args.phases or (args.runs / run_name(fc, model, lr, seed) / "results.json").exists():
-                rows.append(run(fc, model, lr, seed, args.runs, args.data_dir))
+                rows.append(run(fc, model, lr, seed, args.runs, args.data_dir, sets))
         runs += rows
         if rows:
             fc_summary[model] = {"dense_lr": lr, "seeds": [r["seed"] for r in rows], **aggregate(rows)}

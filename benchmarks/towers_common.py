@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 RESULTS = Path(__file__).parent / "results"
+STUDIES = RESULTS / "studies"  # results of the finished one-off studies (benchmarks/studies/)
 
 
 def machine_info() -> dict[str, Any]:
@@ -81,10 +82,11 @@ def paired_latency_ms(towers: dict[str, nn.Module], batch: int, repeats: int = 2
     }
 
 
-def write_results(stem: str, payload: dict[str, Any], markdown: str) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (RESULTS / f"{stem}.md").write_text(markdown)
+def write_results(stem: str, payload: dict[str, Any], markdown: str, folder: Path = RESULTS) -> None:
+    """``folder/stem.json`` and ``folder/stem.md``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (folder / f"{stem}.md").write_text(markdown)
 
 
 def machine_markdown(info: dict[str, Any]) -> str:

@@ -13,11 +13,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from benchmarks.towers_common import count_macs, images_per_second, machine_info, machine_markdown, write_results
+from benchmarks.towers_common import (
+    RESULTS,
+    count_macs,
+    images_per_second,
+    machine_info,
+    machine_markdown,
+    write_results,
+)
 from features.datasets.fashion_mnist import load_split
 from vision_towers import create_tower
 from vision_towers.pretrain import evaluate, fmnist_subset, train_classifier
@@ -34,6 +44,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--towers", nargs="*", default=list(TOWERS))
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for towers_fmnist.{json,md}")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     info = machine_info()
@@ -61,7 +72,13 @@ def main() -> None:
         rows.append(row)
         print(row, flush=True)
 
-    payload = {"args": vars(args), "machine": info, "loadavg_end": list(os.getloadavg()), "rows": rows}
+    payload = {
+        "command": shlex.join(["python", "-m", "benchmarks.towers_fmnist", *sys.argv[1:]]),
+        "args": {**vars(args), "out": str(args.out)},
+        "machine": info,
+        "loadavg_end": list(os.getloadavg()),
+        "rows": rows,
+    }
     header = (
         "| tower | input | D | params (M) | MMACs/img | test acc | train s | CPU img/s (b=256) |\n"
         "|---|---|---|---|---|---|---|---|\n"
@@ -84,7 +101,7 @@ def main() -> None:
         + "\n"
         + machine_markdown(info)
     )
-    write_results("towers_fmnist", payload, md)
+    write_results("towers_fmnist", payload, md, args.out)
 
 
 if __name__ == "__main__":

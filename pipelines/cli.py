@@ -135,7 +135,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     return launch_training(
         args.config, args.nproc, args.set, args.resume, args.max_restarts,
-        nnodes=args.nnodes, rdzv_endpoint=args.rdzv_endpoint, rdzv_id=args.rdzv_id,
+        nnodes=args.nnodes, rdzv_endpoint=args.rdzv_endpoint, rdzv_id=args.rdzv_id, local_addr=args.local_addr,
     )  # fmt: skip
 
 
@@ -326,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nnodes", type=int, default=1, help="nodes taking part (multi-node needs --rdzv-endpoint)")
     p.add_argument("--rdzv-endpoint", default="", help="HOST:PORT of the rendezvous, the same on every node")
     p.add_argument("--rdzv-id", default="ranker", help="job id shared by the nodes of one run")
+    p.add_argument(
+        "--local-addr", default="", help="multi-node: this node's address as the others reach it (default: host name)"
+    )
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. epochs=1"
     )

@@ -243,6 +243,25 @@ def train_tiny_export(source: Path, features: Path, out: Path, steps: int = 150,
     return variant_export(source, out, lambda state: state.update(trained))
 
 
+def tiny_train_config(folder: Path, features: Path, name: str, **overrides: object) -> Path:
+    """``folder/name.yaml``: a small Hiformer training run of ``features`` into ``folder/name`` (2 epochs,
+    validation every 4 steps, no early stopping, no tracking); ``overrides`` replace top-level keys."""
+    cfg = {
+        "features": str(features),
+        "out_dir": str(folder / name),
+        "model": {"interaction": "hiformer", "embedding_dim": 8, "interaction_kwargs": {"hiformer": {"num_layers": 1}}},
+        "batch_size": 32,
+        "epochs": 2,
+        "eval_every": 4,
+        "patience": 100,
+        "tracking": False,
+        **overrides,
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 def descendants(pid: int) -> list[int]:
     """Every process below ``pid`` (children, their children, ...), from /proc."""
     parents = {}

@@ -24,7 +24,7 @@ import yaml
 
 from pipelines import checkpoints, launch
 from pipelines.build_features import build_features
-from tests.helpers import descendants, listening, write_tiny_dataset
+from tests.helpers import descendants, listening, tiny_train_config, write_tiny_dataset
 
 ROOT = Path(__file__).parents[2]
 STEPS = 14  # 7 steps per epoch, 2 epochs; checkpoints at 4, 7, 8, 12, 14
@@ -48,23 +48,6 @@ def _error_line(out: subprocess.CompletedProcess) -> str:
     return out.stderr.strip().splitlines()[-1]
 
 
-def _config(folder: Path, features: Path, name: str, **overrides: object) -> Path:
-    cfg = {
-        "features": str(features),
-        "out_dir": str(folder / name),
-        "model": {"interaction": "hiformer", "embedding_dim": 8, "interaction_kwargs": {"hiformer": {"num_layers": 1}}},
-        "batch_size": 32,
-        "epochs": 2,
-        "eval_every": 4,
-        "patience": 100,
-        "tracking": False,
-        **overrides,
-    }
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny")
@@ -76,7 +59,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def uninterrupted(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """results.json of the run every interrupted run must end equal to."""
     folder = tmp_path_factory.mktemp("reference")
-    _ok(_cli(_config(folder, tiny, "run")))
+    _ok(_cli(tiny_train_config(folder, tiny, "run")))
     return json.loads((folder / "run" / "results.json").read_text())
 
 
@@ -130,7 +113,7 @@ def test_damaged_checkpoint_is_named_and_passed_over(tmp_path: Path, damage: str
 @pytest.mark.slow
 def test_killed_while_saving_and_corrupted_checkpoint(tiny: Path, uninterrupted: dict, tmp_path: Path) -> None:
     """Rank 0 SIGKILLed while saving step 12: that folder is never taken; step 8 corrupted: resume uses step 7."""
-    config = _config(tmp_path, tiny, "run")
+    config = tiny_train_config(tmp_path, tiny, "run")
     line = _error_line(_cli(config, env={"RANKER_FAULT": "kill-saving:0:12"}))
     assert "training failed: rank 0 was killed by SIGKILL" in line, line
     ckpts = tmp_path / "run" / "checkpoints"
@@ -147,7 +130,7 @@ def test_killed_while_saving_and_corrupted_checkpoint(tiny: Path, uninterrupted:
 @pytest.mark.dist
 @pytest.mark.slow
 def test_rank_killed_mid_epoch_then_resume(tiny: Path, uninterrupted: dict, tmp_path: Path) -> None:
-    config = _config(tmp_path, tiny, "run")
+    config = tiny_train_config(tmp_path, tiny, "run")
     line = _error_line(_cli(config, env={"RANKER_FAULT": "kill:1:10"}))  # between the checkpoints 8 and 12
     assert line.startswith("ranker: error: training failed: rank 1 was killed by SIGKILL"), line
     assert "ranker train --resume" in line
@@ -159,7 +142,7 @@ def test_rank_killed_mid_epoch_then_resume(tiny: Path, uninterrupted: dict, tmp_
 @pytest.mark.slow
 def test_max_restarts_resumes_by_itself(tiny: Path, uninterrupted: dict, tmp_path: Path) -> None:
     marker = tmp_path / "died-once"
-    config = _config(tmp_path, tiny, "run")
+    config = tiny_train_config(tmp_path, tiny, "run")
     out = _ok(_cli(config, "--max-restarts", "1", env={"RANKER_FAULT": f"kill:1:10:{marker}"}))
     assert marker.exists()
     assert "resume from step 8" in out.stdout
@@ -170,7 +153,7 @@ def test_max_restarts_resumes_by_itself(tiny: Path, uninterrupted: dict, tmp_pat
 @pytest.mark.dist
 @pytest.mark.slow
 def test_stuck_rank_ends_the_job_after_the_timeout(tiny: Path, tmp_path: Path) -> None:
-    config = _config(tmp_path, tiny, "run", dist_timeout=10)
+    config = tiny_train_config(tmp_path, tiny, "run", dist_timeout=10)
     started = time.time()
     line = _error_line(_cli(config, env={"RANKER_FAULT": "hang:1:5"}, timeout=600))
     assert time.time() - started < 300
@@ -181,7 +164,7 @@ def test_stuck_rank_ends_the_job_after_the_timeout(tiny: Path, tmp_path: Path) -
 @pytest.mark.dist
 def test_second_run_into_the_same_out_dir_is_refused(tiny: Path, tmp_path: Path) -> None:
     """While a job trains, a second one into its out_dir refuses at once; the first finishes undisturbed."""
-    config = _config(tmp_path, tiny, "run")
+    config = tiny_train_config(tmp_path, tiny, "run")
     cmd = [sys.executable, "-m", "pipelines.cli", "train", "--config", str(config), "--nproc", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     log = (tmp_path / "first.log").open("w")  # a file, not a pipe, that no one reads while the second runs
@@ -219,7 +202,7 @@ def test_one_node_job_listens_on_loopback_only(tiny: Path, tmp_path: Path) -> No
     """Every socket a one-node job listens on (torchrun's agent, rank 0's store, the ranks' gloo pairs) is bound
     to a loopback address; nothing is reachable from another machine."""
     marker = tmp_path / "hung"  # rank 1 creates it when it hangs after step 2: every rank is in the group by then
-    config = _config(tmp_path, tiny, "run", dist_timeout=60)
+    config = tiny_train_config(tmp_path, tiny, "run", dist_timeout=60)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RANKER_FAULT": f"hang:1:2:{marker}"}
     env.pop("GLOO_SOCKET_IFNAME", None)  # set for the tests (conftest); the launcher must choose loopback itself
     cmd = [sys.executable, "-m", "pipelines.cli", "train", "--config", str(config), "--nproc", "2"]
@@ -291,7 +274,7 @@ def test_disk_full_while_checkpointing_and_exporting(tiny: Path, small_disk: Pat
     from pipelines.train import load_config
     from ranker import export
 
-    config = _config(small_disk, tiny, "run")
+    config = tiny_train_config(small_disk, tiny, "run")
     _ok(_cli(config, env={"RANKER_STOP_AT_STEP": "4"}))
     ckpts = small_disk / "run" / "checkpoints"
     exported = export.export_checkpoint(
@@ -334,7 +317,7 @@ def test_feature_build_killed_midway_then_rerun(tmp_path: Path) -> None:
 def test_training_refuses_features_whose_data_changed(tiny: Path, tmp_path: Path) -> None:
     from pipelines.train import load_config, preflight
 
-    config = load_config(_config(tmp_path, tiny, "run"))
+    config = load_config(tiny_train_config(tmp_path, tiny, "run"))
     preflight(config)
     raw = tiny.parent / "raw" / "valid.parquet"
     stamp = raw.stat()
@@ -421,7 +404,7 @@ def test_soak_consecutive_runs_do_not_grow(tiny: Path, tmp_path: Path) -> None:
     assert SOAK_RUNS >= 3
     seen = []
     for i in range(SOAK_RUNS):
-        config = _config(tmp_path, tiny, f"run{i}", epochs=1, max_steps=4)
+        config = tiny_train_config(tmp_path, tiny, f"run{i}", epochs=1, max_steps=4)
         _ok(_cli(config))
         evaluate_model(
             tmp_path / f"run{i}" / "export", tiny, tmp_path / f"eval{i}", eval_config=EvalConfig(n_bootstrap=10)

@@ -2,7 +2,7 @@
 
 Run (from the repo root):
 
-    .venv/bin/python -m benchmarks.eet_pruning --n-train 3000 --epochs 6 --batch-size 32 --lr 1e-3 --threads 1
+    .venv/bin/python -m benchmarks.studies.eet_pruning --n-train 3000 --epochs 6 --batch-size 32 --lr 1e-3 --threads 1
 
 Part 1 (cost): ViT-S/16 at 3 x 224 x 224 (``vit_s16`` vs ``eet_vit_s16``: pruned after blocks 4, 8, 10 to 98, 49,
 12 patches) and the Fashion-MNIST pair (``vit_fm`` vs ``eet_vit_fm``: after blocks 2, 4, 5 to 24, 12, 6 of 49).
@@ -13,7 +13,7 @@ Part 2 (accuracy, same budget for every run, all 10,000 test photos):
   d. ``eet_vit_fm`` trained with EET's discriminative transfer from an unpruned teacher: by default run (a)'s model
      (same size, as in EET's released code, and free here); ``--teacher vit_fm_teacher`` trains the wider one first.
 ViT-style towers start slowly from scratch (see towers_fmnist), hence more steps than towers_fmnist uses.
-Writes ``benchmarks/results/eet_pruning.{json,md}``.
+Writes ``benchmarks/results/studies/eet_pruning.{json,md}``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,14 @@ from typing import Any
 
 import torch
 
-from benchmarks.towers_common import count_macs, machine_info, machine_markdown, paired_latency_ms, write_results
+from benchmarks.towers_common import (
+    STUDIES,
+    count_macs,
+    machine_info,
+    machine_markdown,
+    paired_latency_ms,
+    write_results,
+)
 from features.datasets.fashion_mnist import load_split
 from vision_towers import create_tower
 from vision_towers.eet import EETLoss
@@ -116,7 +123,7 @@ def main() -> None:
     acc_table = "".join(f"| {k} | {v:.4f} |\n" for k, v in acc.items())
     md = (
         "# EET token pruning: cost and accuracy\n\n"
-        f"Command: `.venv/bin/python -m benchmarks.eet_pruning --n-train {args.n_train} --epochs {args.epochs} "
+        f"Command: `.venv/bin/python -m benchmarks.studies.eet_pruning --n-train {args.n_train} --epochs {args.epochs} "
         f"--batch-size {args.batch_size} --lr {args.lr} --teacher {args.teacher} --threads {args.threads}`\n\n"
         "## Cost\n\nGMACs = FlopCounterMode FLOPs / 2 per image incl. head. Latency in ms, median (min); the unpruned "
         "and pruned towers are timed interleaved (20 rounds at batch 1, 10 at the larger batch) and 'speed-up' is the "
@@ -130,7 +137,7 @@ def main() -> None:
         f"{' (the model of run a)' if args.teacher == 'vit_fm' else ''}.\n\n"
         "| run | test acc |\n|---|---|\n" + acc_table + "\n" + machine_markdown(info)
     )
-    write_results("eet_pruning", payload, md)
+    write_results("eet_pruning", payload, md, STUDIES)
 
 
 if __name__ == "__main__":

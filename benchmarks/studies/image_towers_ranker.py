@@ -14,8 +14,8 @@ random initialisation; ``--seeds`` repeats everything over training seeds.
 
 Usage::
 
-    python benchmarks/image_towers_ranker.py --data-dir /tmp/itb     # runs what is missing, writes results
-    python benchmarks/image_towers_ranker.py --data-dir /tmp/itb --seeds 0 1 2 --untrained caformer_fm \
+    python benchmarks/studies/image_towers_ranker.py --data-dir /tmp/itb     # runs what is missing, writes results
+    python benchmarks/studies/image_towers_ranker.py --data-dir /tmp/itb --seeds 0 1 2 --untrained caformer_fm \
         --conclusion conclusion.md                                  # the recorded results
 
 Finished steps (tower checkpoints, ``<run>/results.json``, ``<run>/eval-test/metrics.json``) are reused, so the script
@@ -37,10 +37,10 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.towers_common import count_macs, machine_info, write_results  # noqa: E402
+from benchmarks.towers_common import STUDIES, count_macs, machine_info, write_results  # noqa: E402
 
 CONFIG = "configs/train/bench-fashion-base.yaml"
 DATASET = "fashion-clicks"
@@ -274,7 +274,7 @@ def write_markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Image towers in the ranker: fashion-clicks, each frozen tower vs no image (issue 4)",
         "",
-        f"Generated {report['date']} by `benchmarks/image_towers_ranker.py`. Hiformer on fashion-clicks "
+        f"Generated {report['date']} by `benchmarks/studies/image_towers_ranker.py`. Hiformer on fashion-clicks "
         f"({report['rows']:,} rows, data seed {report['seed']}), base config `{CONFIG}`; image runs add one frozen "
         f"tower, pretrained on Fashion-MNIST ({report['pretrain']['n_train']} images x "
         f"{report['pretrain']['epochs']} epoch(s), seed 0), giving {TOKENS} image tokens. Same data, seed and budget "
@@ -333,7 +333,7 @@ def write_markdown(report: dict[str, Any]) -> str:
         "",
         "```",
         *[shlex.join(c) for c in report["data_commands"]],
-        f"python benchmarks/image_towers_ranker.py --data-dir {report['data_dir']} --seeds "
+        f"python benchmarks/studies/image_towers_ranker.py --data-dir {report['data_dir']} --seeds "
         f"{' '.join(map(str, report['seeds']))}"
         + "".join(f" --untrained {t}" for t in report["untrained"])
         + "   # runs every command below (from the repository root)",
@@ -408,7 +408,7 @@ def main() -> None:
 
     def save() -> None:
         report["loadavg_end"] = machine_info()["loadavg_1_5_15"]
-        write_results("image_towers_ranker", report, write_markdown(report))
+        write_results("image_towers_ranker", report, write_markdown(report), STUDIES)
 
     runs = data_dir / "runs"
     for seed in args.seeds:

@@ -1,6 +1,7 @@
 """Peak memory of ``features.processor.fit`` (and of ``transform`` on the train split) against the row count.
 
-    .venv/bin/python benchmarks/fit_memory.py --rows 1000000 8000000 30000000 --out benchmarks/results/fit_memory.json
+    .venv/bin/python benchmarks/studies/fit_memory.py --rows 1000000 8000000 30000000 \
+        --out benchmarks/results/studies/fit_memory.json
 
 For every size a synthetic raw data set is written under ``--work`` (default /tmp/fitmem, deleted at the end unless
 ``--keep``): the training split as parquet files of at most ``--file-rows`` rows in row groups of 128k rows, and
@@ -31,7 +32,7 @@ if TYPE_CHECKING:  # imported where used: the parent's RSS high-water mark would
     import numpy as np
     import pyarrow as pa
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.features_bench import _rss_mb, _sh, machine, run_child  # noqa: E402
@@ -266,7 +267,7 @@ def main() -> None:
     parser.add_argument("--before-rows", type=int, nargs="*", default=[8_000_000])
     parser.add_argument("--work", type=Path, default=Path("/tmp/fitmem"), help="where data is written")
     parser.add_argument("--keep", action="store_true", help="keep --work afterwards")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "fit_memory.json")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "studies" / "fit_memory.json")
     parser.add_argument("--child", choices=["generate", "fit", "transform"], help=argparse.SUPPRESS)
     parser.add_argument("--code", type=Path, default=REPO, help=argparse.SUPPRESS)
     parser.add_argument("--feat", type=Path, help=argparse.SUPPRESS)

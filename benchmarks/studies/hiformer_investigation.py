@@ -13,8 +13,8 @@ Protocol (everything else as in ``benchmarks/model_quality.py``: ``configs/train
 
 Usage::
 
-    python benchmarks/hiformer_investigation.py --data-dir /tmp/qb                 # all phases
-    python benchmarks/hiformer_investigation.py --data-dir /tmp/qb --phases tune
+    python benchmarks/studies/hiformer_investigation.py --data-dir /tmp/qb                 # all phases
+    python benchmarks/studies/hiformer_investigation.py --data-dir /tmp/qb --phases tune
 
 Finished runs (``<runs>/<name>/results.json``) are reused, so the script can be stopped and rerun.
 """
@@ -35,10 +35,10 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.model_quality import train_command  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATASET = "movielens-100k"
 CONFIG = "configs/train/bench-movielens.yaml"
 DENSE_LR = 3e-3
@@ -127,8 +127,7 @@ def run(model: str, variant: str, seed: int, runs: Path, data_dir: Path) -> dict
 
 def fashion_check(seed: int, runs: Path, data_dir: Path) -> dict[str, Any]:
     """Out-of-protocol check: the movielens pick (Hiformer, post-LN) on fashion-clicks, no selection there."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from model_quality import cold_warm_auc  # type: ignore[import-not-found]
+    from benchmarks.model_quality import cold_warm_auc
 
     out_dir = runs / f"fashion-hiformer-postnorm-s{seed}"
     cmd = ["python", "-m", "pipelines.cli", "train", "--config", "configs/train/bench-fashion.yaml", "--nproc", "2"]
@@ -251,7 +250,9 @@ def main() -> int:
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/qb"))
     parser.add_argument("--runs", type=Path, default=None, help="default: DATA_DIR/runs/hiformer_investigation")
     parser.add_argument("--phases", nargs="+", default=["tune", "seeds", "diagnose"])
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "hiformer_investigation.json")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "studies" / "hiformer_investigation.json"
+    )
     args = parser.parse_args()
     runs = args.runs or args.data_dir / "runs" / "hiformer_investigation"
     runs.mkdir(parents=True, exist_ok=True)

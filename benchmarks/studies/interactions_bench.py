@@ -2,8 +2,9 @@
 
 Usage::
 
-    python benchmarks/interactions_bench.py --device cpu --batch 256 --out benchmarks/results/interactions_cpu.md
-    python benchmarks/interactions_bench.py --device cuda --batch 4096 --compile --out $OUT/interactions_cuda.md
+    python benchmarks/studies/interactions_bench.py --device cpu --batch 256 \
+        --out benchmarks/results/studies/interactions_cpu.md
+    python benchmarks/studies/interactions_bench.py --device cuda --batch 4096 --compile --out $OUT/interactions_cuda.md
 
 Config: N = 40 feature tokens (e.g. 1 dense + 36 sparse + 3 image), D = 64, K = 2 tasks, 2 layers, 4 heads of
 width 16, FFN 128. MACs are per example from ``torch.utils.flop_counter`` (matmuls only: no softmax, norms,
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from ranker.interactions import create  # noqa: E402
 

@@ -1,11 +1,11 @@
 """Times the fashion-clicks generator and its peak memory at given sizes.
 
-    .venv/bin/python benchmarks/datagen_fashion_clicks.py --rows 1000000 10000000
+    .venv/bin/python benchmarks/studies/datagen_fashion_clicks.py --rows 1000000 10000000
 
 Each size runs in a fresh interpreter (peak RSS is per process). Besides time and memory it records the
 manifest's CTR and Bayes AUC, and a "no-pixels oracle" AUC on the test split: the true logit minus the
 visual_weight x visual-score term, i.e. what a perfect model of everything but the image could reach.
-Results go to benchmarks/results/datagen_fashion_clicks.{json,md}.
+Results go to benchmarks/results/studies/datagen_fashion_clicks.{json,md}.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "benchmarks" / "results" / "studies"
 sys.path.insert(0, str(REPO))
 
 from features.datasets import fashion_clicks as fc  # noqa: E402

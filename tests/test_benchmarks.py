@@ -1,0 +1,114 @@
+"""The benchmark summary (benchmarks/summary.py) and the suite runner (benchmarks/run_all.py).
+
+The summary is rendered from the committed result files; every number checked here is read from those files.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import summary
+
+ROOT = Path(__file__).parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _load(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def _section(text: str, title: str) -> str:
+    return text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+@pytest.mark.unit
+def test_committed_summary_is_rendered_from_the_committed_results() -> None:
+    assert (RESULTS / summary.SUMMARY).read_text() == summary.render(RESULTS)
+
+
+@pytest.mark.unit
+def test_every_section_shows_numbers_from_its_file() -> None:
+    text = summary.render(RESULTS)
+    for title, name, _, _ in summary.SECTIONS:
+        part = _section(text, title)
+        assert f"[`{name}`]({name})" in part and "command `" in part and "cores" in part, title
+
+    loader = _load("features_bench.json")["loader"]
+    part = _section(text, "Loader throughput")
+    assert all(f"{run['median_rows_per_s_excl_first']:,.0f}" in part for run in loader)
+
+    part = _section(text, "Training throughput")
+    for run in _load("train_throughput.json")["throughput"]:
+        best = max(
+            r["samples_per_s"]
+            for r in _load("train_throughput.json")["throughput"]
+            if (r["model"], r["ranks"]) == (run["model"], run["ranks"])
+        )
+        assert f"| {run['model']} |" in part and f"{best:,.0f}" in part
+
+    serving = _load("serving.json")
+    part = _section(text, "Serving latency and compression")
+    assert f"One request of {serving['candidates']:,} candidates" in part
+    fastest = min(serving["latency"], key=lambda k: serving["latency"][k]["p50_ms_1t"])
+    row = serving["latency"][fastest]
+    assert f"| {fastest} | {row['p50_ms_1t']:.1f} | {row['p99_ms_1t']:.1f} |" in part
+    for name, variant in serving["variants"].items():
+        assert f"| {name} | {variant['source']} | {variant['parameters']:,} |" in part
+        assert f"{variant['auc']:.4f} | {variant['auc_delta']:+.4f}" in part
+
+    part = _section(text, "Batch scoring")
+    assert all(f"{run['rows_per_s']:,.0f}" in part for run in _load("score.json")["runs"])
+
+    part = _section(text, "Vision towers")
+    for tower in _load("towers_fmnist.json")["rows"]:
+        assert f"| {tower['tower']} |" in part and f"{tower['infer_img_per_s_b256']:,.0f} |" in part
+
+    quality = _load("model_quality.json")
+    part = _section(text, "Model quality")
+    for dataset in ("movielens-100k", "fashion-clicks"):
+        for model, stat in quality[dataset]["summary"].items():
+            assert f"| {dataset} | {model} | {stat['dense_lr']:g} | {stat['auc']['mean']:.4f} ± " in part
+    assert quality["verdict"] in part
+
+
+@pytest.mark.unit
+def test_a_partial_rerun_regenerates_the_summary(tmp_path: Path) -> None:
+    """A new result file replaces its section; a missing one is named; the other sections stay as they were."""
+    for path in RESULTS.glob("*.json"):
+        shutil.copy(path, tmp_path / path.name)
+    (tmp_path / "towers_fmnist.json").unlink()
+    score = json.loads((tmp_path / "score.json").read_text())
+    score["runs"] = [{**score["runs"][0], "rows_per_s": 123456.0}]
+    score["suite_run"] = {"command": "python benchmarks/score_bench.py --rows 7", "size": "tiny", "seconds": 9.0,
+                          "date_utc": "2030-01-01 00:00 UTC", "machine": {"cpu": "Test CPU", "nproc": 2},
+                          "versions": {"torch": "9.9"}}  # fmt: skip
+    (tmp_path / "score.json").write_text(json.dumps(score))
+    assert summary.main(["--results", str(tmp_path)]) == 0
+    text = (tmp_path / summary.SUMMARY).read_text()
+    assert "Not measured: `towers_fmnist.json` is missing." in _section(text, "Vision towers")
+    part = _section(text, "Batch scoring")
+    assert "123,456" in part and "`python benchmarks/score_bench.py --rows 7`" in part and "torch 9.9" in part
+    assert _section(text, "Model quality") == _section(summary.render(RESULTS), "Model quality")
+
+
+@pytest.mark.slow
+def test_run_all_runs_one_benchmark_and_stamps_it(tmp_path: Path) -> None:
+    """The loader benchmark at the tiny size (a few minutes: each loader run is a fresh interpreter)."""
+    cmd = [sys.executable, "benchmarks/run_all.py", "--size", "tiny", "--only", "features",
+           "--work", str(tmp_path / "work"), "--results", str(tmp_path / "results")]  # fmt: skip
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    result = json.loads((tmp_path / "results" / "features_bench.json").read_text())
+    stamp = result["suite_run"]
+    assert stamp["size"] == "tiny" and "--rows 20000" in stamp["command"] and stamp["versions"]["torch"]
+    assert stamp["machine"]["nproc"] >= 1 and stamp["seconds"] > 0
+    text = (tmp_path / "results" / summary.SUMMARY).read_text()
+    part = _section(text, "Loader throughput")
+    assert all(f"{run['median_rows_per_s_excl_first']:,.0f}" in part for run in result["loader"])
+    assert "Not measured: `serving.json` is missing." in text
