@@ -46,7 +46,16 @@ def _cmd_data_build(args: argparse.Namespace) -> int:
     from pipelines.data import build_dataset
 
     out = args.out or args.data_dir / "raw" / args.name
-    manifest = build_dataset(args.name, out, rows=args.rows, seed=args.seed, force=args.force, progress=True)
+    manifest = build_dataset(
+        args.name,
+        out,
+        rows=args.rows,
+        seed=args.seed,
+        force=args.force,
+        progress=True,
+        rows_per_user=args.rows_per_user,
+        interaction_strength=args.interaction_strength,
+    )
     print(f"{args.name}: {out} ({manifest.get('seconds', 0)} s)")
     _print_json(manifest.get("results", {}))
     return 0
@@ -291,6 +300,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=["movielens-100k", "fashion-clicks"])
     p.add_argument("--rows", type=int, default=200_000, help="fashion-clicks: number of rows (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="fashion-clicks: generator seed (default %(default)s)")
+    p.add_argument(
+        "--rows-per-user",
+        type=int,
+        help="fashion-clicks: average history length, n_users = rows // N (default 50; docs/fashion_clicks.md)",
+    )
+    p.add_argument(
+        "--interaction-strength",
+        type=float,
+        help="fashion-clicks: multiplier of the segment x hour x category interaction, 0 = off (default 1)",
+    )
     p.add_argument("--out", type=Path, help="output folder (default: DATA_DIR/raw/NAME)")
     p.add_argument("--force", action="store_true", help="rebuild even if an up-to-date build exists")
     p.set_defaults(func=_cmd_data_build)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 pytestmark = pytest.mark.e2e
@@ -40,3 +42,19 @@ def test_bad_schema_is_a_clean_error(tmp_path: Path) -> None:
     out = _ranker("features", "build", str(schema), cwd=tmp_path)
     assert out.returncode == 2
     assert "filez" in out.stderr and str(schema) in out.stderr and "Traceback" not in out.stderr
+
+
+def test_fashion_clicks_history_length_and_interaction_strength(tmp_path: Path) -> None:
+    out = tmp_path / "fc"
+    args = ("data", "build", "fashion-clicks", "--rows", "20000", "--out", str(out))
+    built = _ranker(*args, "--rows-per-user", "40", "--interaction-strength", "0", cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["rows_per_user"] == 40 and manifest["config"]["interaction_strength"] == 0.0
+    results = manifest["results"]
+    assert results["n_users"] == 20_000 // 40 and results["params"]["interaction_strength"] == 0.0
+    assert set(results["observable_auc_unknown_users"]) == {"overall", "cold", "warm"}
+    assert not pq.read_table(out / "test_logit_terms.parquet", columns=["interaction"])["interaction"].to_numpy().any()
+
+    refused = _ranker("data", "build", "movielens-100k", "--interaction-strength", "2", cwd=tmp_path)
+    assert refused.returncode == 2 and "fashion-clicks only" in refused.stderr and "Traceback" not in refused.stderr
