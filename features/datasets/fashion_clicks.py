@@ -26,7 +26,7 @@ from tqdm import tqdm
 from features.datasets.fashion_mnist import CLASS_NAMES, load_all
 
 NAME = "fashion-clicks"
-GENERATOR_VERSION = "1.0.0"
+GENERATOR_VERSION = "1.1.0"  # 1.1: logit terms, observable ceilings, interaction_strength; default data as 1.0
 SPLITS = ("train", "valid", "test")
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 
