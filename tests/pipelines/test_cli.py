@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
+
+from pipelines.cli import main
+from vision_towers.pretrain import pretrain
 
 pytestmark = pytest.mark.e2e
 
@@ -58,3 +62,50 @@ def test_fashion_clicks_history_length_and_interaction_strength(tmp_path: Path) 
 
     refused = _ranker("data", "build", "movielens-100k", "--interaction-strength", "2", cwd=tmp_path)
     assert refused.returncode == 2 and "fashion-clicks only" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_pretrain_tower_with_a_teacher(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    teacher, student = tmp_path / "teacher.pt", tmp_path / "student.pt"
+    pretrain("vit_fm", teacher, n_train=32, epochs=1, batch_size=32)
+    small = ("--n-train", "32", "--n-eval", "32")
+    done = _ranker(
+        "pretrain-tower",
+        "eet_vit_fm",
+        "--out",
+        str(student),
+        "--teacher",
+        str(teacher),
+        "--cos-weight",
+        "2",
+        *small,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Fashion-MNIST test accuracy" in done.stdout
+    transfer = torch.load(student, weights_only=True)["meta"]["transfer"]
+    assert transfer == {
+        "ce_weight": 0.1,
+        "mask_weight": 0.1,
+        "cos_weight": 2.0,
+        "kl_weight": 0.0,
+        "temperature": 1.0,
+        "mask_top": 4,
+    }
+
+    wrong = _ranker(
+        "pretrain-tower",
+        "eet_vit_fm",
+        "--out",
+        str(tmp_path / "x.pt"),
+        "--teacher",
+        str(student.with_name("nope.pt")),
+        *small,
+        cwd=tmp_path,
+    )
+    assert (
+        wrong.returncode == 2
+        and wrong.stderr.startswith("ranker: error: --teacher ")
+        and "Traceback" not in wrong.stderr
+    )
+    assert main(["pretrain-tower", "eet_vit_fm", "--out", str(tmp_path / "y.pt"), "--kl-weight", "1"]) == 2
+    assert "--kl-weight: only with --teacher" in capsys.readouterr().err
