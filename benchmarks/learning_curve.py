@@ -115,11 +115,25 @@ def fmt(stat: dict[str, float] | None) -> str:
     return "n/a" if stat is None else f"{stat['mean']:.4f} ± {stat['std']:.4f}"
 
 
-def ceilings_row(manifest: dict[str, Any]) -> str:
-    return " | ".join(
-        " / ".join(f"{manifest[key][scope]:.4f}" if manifest[key][scope] is not None else "n/a" for scope in SCOPES)
-        for key in CEILINGS
-    )
+def table(head: list[str], rows: list[list[Any]]) -> list[str]:
+    """A markdown table (preceded by a blank line)."""
+    return [
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+        *(f"| {' | '.join(map(str, r))} |" for r in rows),
+    ]
+
+
+def auc_cells(summary: dict[str, dict[str, float]]) -> list[str]:
+    return [fmt(summary.get(scope)) for scope in SCOPES]
+
+
+def ceiling_cells(manifest: dict[str, Any]) -> list[str]:
+    """Per ceiling: overall / cold / warm."""
+    return [
+        " / ".join("n/a" if manifest[key][s] is None else f"{manifest[key][s]:.4f}" for s in SCOPES) for key in CEILINGS
+    ]
 
 
 def curve(args: argparse.Namespace) -> dict[str, Any]:
@@ -181,48 +195,49 @@ def markdown(report: dict[str, Any]) -> str:
         "(i) = a cold item's popularity replaced by its expectation; (ii) = in addition the users' bias and taste.",
         "",
     ]
+    ceilings_head = list(CEILINGS.values())
+    auc_head = ["AUC overall", "AUC cold", "AUC warm"]
     if report["mode"] == "curve":
-        lines += ["| rows | Bayes | obs. (i) users known | obs. (ii) users unknown |", "|---|---|---|---|"]
-        lines += [f"| {s['rows']:,} | {ceilings_row(s['ceilings'])} |" for s in report["sizes"]]
-        lines += [
-            "",
-            "| rows | model | AUC overall | AUC cold | AUC warm | steps (seed 0) |",
-            "|---|---|---|---|---|---|",
+        lines += table(
+            ["rows", *ceilings_head], [[f"{s['rows']:,}", *ceiling_cells(s["ceilings"])] for s in report["sizes"]]
+        )
+        rows = [
+            [f"{size['rows']:,}", model, *auc_cells(entry["summary"]), entry["runs"][0]["steps"]]
+            for size in report["sizes"]
+            for model, entry in size["models"].items()
         ]
-        for size in report["sizes"]:
-            for model, entry in size["models"].items():
-                s = entry["summary"]
-                lines.append(
-                    f"| {size['rows']:,} | {model} | {fmt(s.get('overall'))} | {fmt(s.get('cold'))} | "
-                    f"{fmt(s.get('warm'))} | {entry['runs'][0]['steps']} |"
-                )
+        lines += table(["rows", "model", *auc_head, "steps (seed 0)"], rows)
     else:
-        lines += ["| strength | Bayes | obs. (i) users known | obs. (ii) users unknown |", "|---|---|---|---|"]
-        lines += [f"| {s['interaction_strength']:g} | {ceilings_row(s['ceilings'])} |" for s in report["strengths"]]
+        entries = report["strengths"]
+        lines += table(
+            ["strength", *ceilings_head],
+            [[f"{e['interaction_strength']:g}", *ceiling_cells(e["ceilings"])] for e in entries],
+        )
         lines += [
             "",
             "Hiformer - DCN-v2 test AUC, paired request-level bootstrap interval per seed (`metrics.compare`):",
-            "",
-            "| strength | seed | overall [95% CI] | cold [95% CI] | warm [95% CI] |",
-            "|---|---|---|---|---|",
         ]
-        for entry in report["strengths"]:
-            for margin in entry["margins"]:
-                deltas = [margin["hiformer_minus_dcnv2"][scope] for scope in SCOPES]
-                cells = ["n/a" if d["delta"] is None or d["ci_low"] is None else fmt_delta(d) for d in deltas]
-                lines.append(f"| {entry['interaction_strength']:g} | {margin['seed']} | " + " | ".join(cells) + " |")
-        lines += [
-            "",
-            "| strength | model | AUC overall | AUC cold | AUC warm | mean margin overall |",
-            "|---|---|---|---|---|---|",
+        margins = [
+            [f"{e['interaction_strength']:g}", m["seed"]]
+            + [
+                "n/a" if d["delta"] is None or d["ci_low"] is None else fmt_delta(d)
+                for d in (m["hiformer_minus_dcnv2"][s] for s in SCOPES)
+            ]
+            for e in entries
+            for m in e["margins"]
         ]
-        for entry in report["strengths"]:
-            for model, s in entry["summary"].items():
-                margin = fmt(entry["mean_margin"].get("overall")) if model == "hiformer" else ""
-                lines.append(
-                    f"| {entry['interaction_strength']:g} | {model} | {fmt(s.get('overall'))} | {fmt(s.get('cold'))} | "
-                    f"{fmt(s.get('warm'))} | {margin} |"
-                )
+        lines += table(["strength", "seed", *(f"{s} [95% CI]" for s in SCOPES)], margins)
+        rows = [
+            [
+                f"{e['interaction_strength']:g}",
+                model,
+                *auc_cells(summary),
+                fmt(e["mean_margin"].get("overall")) if model == "hiformer" else "",
+            ]
+            for e in entries
+            for model, summary in e["summary"].items()
+        ]
+        lines += table(["strength", "model", *auc_head, "mean margin overall"], rows)
     m = report["machine"]
     lines += [
         "",

@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pytest
 import torch
 
@@ -15,7 +14,7 @@ from features.processor import fit
 from features.schema import load_schema
 from pipelines.train import load_config
 from ranker.build import build_ranker, check_model_config, frozen_item_embeddings
-from tests.helpers import write_tiny_dataset
+from tests.helpers import write_tiny_image_dataset
 from vision_towers import create_tower, prepare_images
 from vision_towers.pretrain import evaluate, fmnist_subset, load_pretrained, pretrain, train_classifier
 
@@ -80,16 +79,8 @@ def test_teacher_distilled_pruned_tower_loads_into_the_ranker(tmp_path: Path) ->
     assert not torch.equal(plain.head.weight, student.head.weight)
 
     # Into the ranker through the demo's config key, model.vision.pretrained, like any other tower.
-    schema = load_schema(
-        write_tiny_dataset(
-            tmp_path / "raw", n=64, image={"items": "items.parquet", "item_column": "item", "array": "images.npy"}
-        )  # fmt: skip
-    )
-    pl.DataFrame({"item": list(range(100, 130)), "image_index": list(range(30))}).write_parquet(
-        tmp_path / "raw" / "items.parquet"
-    )
     photos, _ = fmnist_subset("test", 30, seed=2)
-    np.save(tmp_path / "raw" / "images.npy", photos)
+    schema = load_schema(write_tiny_image_dataset(tmp_path / "raw", photos, n=64))
     fmap = fit(schema, tmp_path / "features")
     overrides = {"model.vision.tower": "eet_vit_fm", "model.vision.pretrained": str(student_path)}
     cfg = load_config(DEMO_FASHION_CONFIG, overrides).model
