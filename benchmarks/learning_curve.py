@@ -80,8 +80,8 @@ def train_and_evaluate(
     sections = {"overall": metrics["overall"], **metrics["cold_warm"]}
     auc = {}
     for scope in SCOPES:
-        value = sections[scope]["tasks"]["click"]["metrics"]["auc"]
-        auc[scope] = {k: value.get(k) for k in ("value", "ci_low", "ci_high")}
+        task = sections[scope]["tasks"]["click"]["metrics"]  # None: fewer rows than the evaluator's min_slice_size
+        auc[scope] = {k: task["auc"].get(k) if task else None for k in ("value", "ci_low", "ci_high")}
     return {
         "model": model,
         "seed": seed,
@@ -192,7 +192,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"`--nproc {report['args']['nproc']}`, extra `--set`: {report['args']['set'] or 'none'}; data seed 0, "
         f"training seeds 0..{report['args']['seeds'] - 1}; AUC as mean ± sample std over seeds, "
         "overall / cold / warm test rows. Ceilings (docs/fashion_clicks.md): Bayes = the true click probability; "
-        "(i) = a cold item's popularity replaced by its expectation; (ii) = in addition the users' bias and taste.",
+        "(i) = a cold item's popularity replaced by its expectation; (ii) = in addition the users' bias and taste. "
+        "Model cold / warm = `ranker evaluate`'s split (items unseen in training: the cold items plus the few warm "
+        "tail items first shown in test; n/a under its 1,000-row minimum); the ceilings split by `is_cold`.",
         "",
     ]
     ceilings_head = list(CEILINGS.values())
