@@ -46,7 +46,16 @@ def _cmd_data_build(args: argparse.Namespace) -> int:
     from pipelines.data import build_dataset
 
     out = args.out or args.data_dir / "raw" / args.name
-    manifest = build_dataset(args.name, out, rows=args.rows, seed=args.seed, force=args.force, progress=True)
+    manifest = build_dataset(
+        args.name,
+        out,
+        rows=args.rows,
+        seed=args.seed,
+        force=args.force,
+        progress=True,
+        rows_per_user=args.rows_per_user,
+        interaction_strength=args.interaction_strength,
+    )
     print(f"{args.name}: {out} ({manifest.get('seconds', 0)} s)")
     _print_json(manifest.get("results", {}))
     return 0
@@ -252,14 +261,37 @@ def _add_registry_commands(sub: Any) -> None:
 def _cmd_pretrain_tower(args: argparse.Namespace) -> int:
     import torch
 
+    from vision_towers.eet import EETLoss
     from vision_towers.pretrain import evaluate, fmnist_subset, pretrain
 
+    weights = {key: getattr(args, key) for key in _TRANSFER_OPTIONS if getattr(args, key) is not None}
+    if weights and args.teacher is None:
+        raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in weights)}: only with --teacher")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
-    tower = pretrain(args.name, args.out, n_train=args.n_train, epochs=args.epochs, seed=args.seed)
+    tower = pretrain(
+        args.name,
+        args.out,
+        n_train=args.n_train,
+        epochs=args.epochs,
+        seed=args.seed,
+        teacher=args.teacher,
+        transfer=EETLoss(**weights),
+    )
     images, labels = fmnist_subset("test", args.n_eval, args.seed)
     print(f"{args.name}: Fashion-MNIST test accuracy {evaluate(tower, images, labels):.4f} on {args.n_eval} images")
     print(f"saved: {args.out}")
     return 0
+
+
+# EETLoss arguments exposed by `ranker pretrain-tower --teacher` (defaults: EETLoss's, the released code's weights).
+_TRANSFER_OPTIONS = {
+    "ce_weight": (float, "weight of the cross-entropy on the clean image"),
+    "mask_weight": (float, "weight of the cross-entropy on the teacher-masked image"),
+    "cos_weight": (float, "weight of the cosine distillation between logits"),
+    "kl_weight": (float, "weight of the temperature-KL distillation between logits"),
+    "temperature": (float, "temperature of the KL term"),
+    "mask_top": (int, "patches the teacher masks for the masked-image term"),
+}
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -291,6 +323,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=["movielens-100k", "fashion-clicks"])
     p.add_argument("--rows", type=int, default=200_000, help="fashion-clicks: number of rows (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="fashion-clicks: generator seed (default %(default)s)")
+    p.add_argument(
+        "--rows-per-user",
+        type=int,
+        help="fashion-clicks: average history length, n_users = rows // N (default 50; docs/fashion_clicks.md)",
+    )
+    p.add_argument(
+        "--interaction-strength",
+        type=float,
+        help="fashion-clicks: multiplier of the segment x hour x category interaction, 0 = off (default 1)",
+    )
     p.add_argument("--out", type=Path, help="output folder (default: DATA_DIR/raw/NAME)")
     p.add_argument("--force", action="store_true", help="rebuild even if an up-to-date build exists")
     p.set_defaults(func=_cmd_data_build)
@@ -385,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "pretrain-tower",
-        help="pretrain a vision tower on Fashion-MNIST classes (for a frozen or fine-tuned image tower)",
+        help="pretrain a vision tower on Fashion-MNIST classes (for a frozen or fine-tuned image tower), "
+        "optionally distilled from a teacher tower (EET's discriminative transfer)",
     )
     p.add_argument("name", help="registered tower name (see vision_towers.list_towers())")
     p.add_argument("--out", type=Path, required=True, help="checkpoint path (.pt, weights only)")
@@ -393,6 +436,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-eval", type=int, default=1000, help="test images for the reported accuracy")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--teacher",
+        type=Path,
+        help="checkpoint of a pretrained EET ViT (vit_fm, vit_fm_teacher): train with EET's discriminative "
+        "transfer instead of plain cross-entropy; the loss defaults to EET's released code, 0.1 (CE + masked CE) + "
+        "1.0 cosine (docs/vision_towers.md)",
+    )
+    for key, (kind, text) in _TRANSFER_OPTIONS.items():
+        p.add_argument(f"--{key.replace('_', '-')}", type=kind, help=f"with --teacher: {text} (default: EETLoss's)")
     p.set_defaults(func=_cmd_pretrain_tower)
 
     _add_registry_commands(sub)

@@ -15,16 +15,32 @@ _SCHEMAS = Path(fashion_clicks.__file__).parent
 
 
 def build_dataset(
-    name: str, out_dir: Path, rows: int = 200_000, seed: int = 0, force: bool = False, progress: bool = False
+    name: str,
+    out_dir: Path,
+    rows: int = 200_000,
+    seed: int = 0,
+    force: bool = False,
+    progress: bool = False,
+    *,
+    rows_per_user: int | None = None,
+    interaction_strength: float | None = None,
 ) -> dict[str, Any]:
     """Builds data set ``name`` into ``out_dir``: ``train/valid/test.parquet``, ``schema.yaml``, ``manifest.json``.
 
-    ``rows`` and ``seed`` apply to the simulated ``fashion-clicks``; MovieLens-100k is fixed real data.
+    ``rows``, ``seed``, ``rows_per_user`` and ``interaction_strength`` (None: the generator's default) apply to the
+    simulated ``fashion-clicks``; MovieLens-100k is fixed real data.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; built-in data sets: {list(DATASETS)}")
+    knobs = {"rows_per_user": rows_per_user, "interaction_strength": interaction_strength}
+    given = {key: value for key, value in knobs.items() if value is not None}
+    if name == "movielens-100k" and given:
+        raise ValueError(f"{sorted(given)} apply to fashion-clicks only, not to {name}")
+    params = fashion_clicks.SimParams(**given)
     out_dir = Path(out_dir)
-    config = {"name": name} if name == "movielens-100k" else {"name": name, "rows": rows, "seed": seed}
+    config: dict[str, Any] = {"name": name}
+    if name == "fashion-clicks":
+        config |= {"rows": rows, "seed": seed, **{key: getattr(params, key) for key in knobs}}
     fp = steps.fingerprint(config)
     if not force and steps.is_complete(out_dir, "data", fp):
         _copy_schema(name, out_dir)  # the data are unchanged, but the packaged schema may be newer
@@ -33,7 +49,7 @@ def build_dataset(
     if name == "movielens-100k":
         results: dict[str, Any] = movielens.build_movielens(out_dir)
     else:
-        results = fashion_clicks.build_fashion_clicks(out_dir, rows=rows, seed=seed, progress=progress)
+        results = fashion_clicks.build_fashion_clicks(out_dir, rows=rows, seed=seed, progress=progress, params=params)
     _copy_schema(name, out_dir)
     return steps.write_manifest(out_dir, "data", fp, config, results, started)
 

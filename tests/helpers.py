@@ -108,6 +108,18 @@ RAW_SCHEMA: dict[str, Any] = {
 }
 
 
+def write_tiny_image_dataset(folder: Path, photos: np.ndarray, n: int = 200) -> Path:
+    """``write_tiny_dataset`` with an ``image:`` section: items 100.. get ``photos`` (k x 28 x 28 uint8) in order."""
+    schema = write_tiny_dataset(
+        folder, n=n, image={"items": "items.parquet", "item_column": "item", "array": "images.npy"}
+    )
+    pl.DataFrame({"item": list(range(100, 100 + len(photos))), "image_index": list(range(len(photos)))}).write_parquet(
+        folder / "items.parquet"
+    )
+    np.save(folder / "images.npy", photos)
+    return schema
+
+
 def make_raw_tables(n: int, seed: int = 0, n_users: int = 60, n_items: int = 40) -> dict[str, pl.DataFrame]:
     """Raw tables as a shop would export them: events (string times, ratings, event kinds), users and items.
 

@@ -117,7 +117,7 @@ class EETViT(nn.Module):
         self.grid = img_size // patch_size
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid**2, embed_dim))
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # plain floats, also under a meta device
         self.blocks = nn.ModuleList(
             TransformerBlock(embed_dim, num_heads, qkv_bias=True, drop_path=dpr[i], norm_eps=1e-6) for i in range(depth)
         )
@@ -188,6 +188,10 @@ class EETLoss(nn.Module):
     total = ce_weight * CE(z_s, y) + mask_weight * CE(z_s(masked), y)
             + cos_weight * mean(1 - cos(z_s, z_t)) + kl_weight * T^2 * KL(softmax(z_t / T) || softmax(z_s / T))
 
+    The default weights are those of EET's released code (``loss.py``/``train_model.py``): 0.1 * (CE + masked CE)
+    + 1.0 * cosine distillation, no KL (its KL class is unused there), w = 4; docs/vision_towers.md compares them
+    with the paper's description. The released code distils real-valued hash outputs; we distil logits.
+
     z = logits (``tower.classify(tower(images))``); the teacher runs without gradients. The masked image zeroes the
     teacher's ``mask_top`` most important patches (last-block CTP importance of an unpruned pass); teacher and
     student must share the input size. Distilling logits rather than embeddings lets the teacher be wider than
@@ -204,8 +208,8 @@ class EETLoss(nn.Module):
 
     def __init__(
         self,
-        ce_weight: float = 1.0,
-        mask_weight: float = 1.0,
+        ce_weight: float = 0.1,
+        mask_weight: float = 0.1,
         cos_weight: float = 1.0,
         kl_weight: float = 0.0,
         temperature: float = 1.0,
@@ -218,6 +222,11 @@ class EETLoss(nn.Module):
         self.kl_weight = kl_weight
         self.temperature = temperature
         self.mask_top = mask_top
+
+    def settings(self) -> dict[str, float]:
+        """The loss's weights, temperature and ``mask_top`` as plain values (for checkpoints and reports)."""
+        names = ("ce_weight", "mask_weight", "cos_weight", "kl_weight", "temperature", "mask_top")
+        return {name: getattr(self, name) for name in names}
 
     def forward(
         self, student: nn.Module, teacher: EETViT, images: torch.Tensor, labels: torch.Tensor

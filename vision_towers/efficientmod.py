@@ -201,7 +201,7 @@ class EfficientMod(nn.Module):
 
         self.stem = ConvNorm(in_chans, dims[0], 7, stem_stride)
         n_blocks = [d + a for d, a in zip(depths, attn_depths, strict=True)]
-        dpr = torch.linspace(0, drop_path_rate, sum(n_blocks)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(n_blocks), device="cpu").tolist()  # also under a meta device
         self.stages = nn.ModuleList()
         self.downsamples = nn.ModuleList()
         for i, dim in enumerate(dims):

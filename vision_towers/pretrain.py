@@ -4,10 +4,15 @@ A checkpoint is a plain dict, loadable with ``torch.load(..., weights_only=True)
 
     {"tower": name, "overrides": {...plain values...}, "num_classes": 10, "state_dict": {...}, "meta": {...}}
 
+With ``teacher=`` (a checkpoint of an EET ViT), the student is trained with EET's discriminative transfer
+(``vision_towers.eet.EETLoss``) instead of plain cross-entropy; the teacher and the loss weights go into ``meta``.
+
 Example::
 
     tower = pretrain("efficientmod_fm", "ckpt/efficientmod_fm.pt", n_train=3000, epochs=1)
     frozen = load_pretrained("ckpt/efficientmod_fm.pt")  # eval mode, requires_grad=False
+    pretrain("vit_fm_teacher", "ckpt/teacher.pt", n_train=3000, epochs=6)
+    pretrain("eet_vit_fm", "ckpt/eet_vit_fm.pt", n_train=3000, epochs=6, teacher="ckpt/teacher.pt")
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from torch import nn
 from features.datasets.fashion_mnist import CLASS_NAMES, load_split
 
 from ._registry import create_tower
+from .eet import EETLoss, EETViT
 from .images import prepare_images
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -100,6 +106,38 @@ def fmnist_subset(split: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.nda
     return images[idx], labels[idx]
 
 
+def load_teacher(path: str | Path, student: nn.Module) -> tuple[str, EETViT]:
+    """The frozen teacher of EET's discriminative transfer, checked against ``student`` before any training.
+
+    Raises ``ValueError`` (one line naming the file) unless ``path`` is a ``pretrain`` checkpoint of an EET ViT
+    (the teacher must expose its patch importance) with the student's classes and input (C x H x W), since the
+    teacher scores and masks the very images the student sees. Returns (the teacher's tower name, the teacher).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--teacher {path}: not found; pretrain one with `ranker pretrain-tower vit_fm --out {path}`")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: torch raises pickle/zip errors of many kinds
+        raise ValueError(f"--teacher {path}: not a tower checkpoint of `ranker pretrain-tower` ({err})") from err
+    if not isinstance(ckpt, dict) or not {"tower", "state_dict", "num_classes"} <= set(ckpt):
+        raise ValueError(f"--teacher {path}: not a tower checkpoint of `ranker pretrain-tower`")
+    teacher = load_pretrained(path)
+    if not isinstance(teacher, EETViT):
+        raise ValueError(
+            f"--teacher {path}: holds a {ckpt['tower']!r}; EET's transfer needs an EET ViT teacher "
+            "(vit_fm, vit_fm_teacher) for its patch importance"
+        )
+    want = (student.num_classes, student.in_chans, student.img_size)
+    have = (teacher.num_classes, teacher.in_chans, teacher.img_size)
+    if have != want:
+        raise ValueError(
+            f"--teacher {path}: a {ckpt['tower']!r} with {have[0]} classes at {have[1]}x{have[2]}x{have[2]}, "
+            f"but the student needs {want[0]} classes at {want[1]}x{want[2]}x{want[2]}"
+        )
+    return ckpt["tower"], teacher
+
+
 def pretrain(
     name: str,
     path: str | Path | None = None,
@@ -108,25 +146,35 @@ def pretrain(
     batch_size: int = 64,
     lr: float = 2e-3,
     seed: int = 0,
+    teacher: str | Path | None = None,
+    transfer: EETLoss | None = None,
     **overrides: Any,
 ) -> nn.Module:
     """Builds tower ``name`` with a 10-class head, trains it on a seeded Fashion-MNIST subset, saves it to ``path``.
 
+    ``teacher``: a checkpoint of an EET ViT (see ``load_teacher``); the student is then trained with
+    ``transfer`` (default ``EETLoss()``, the released code's weights) instead of cross-entropy.
     ``overrides`` go to ``create_tower`` and into the checkpoint, so they must be plain values (numbers, strings,
     tuples): ``weights_only`` loading refuses anything else.
     """
     torch.manual_seed(seed)
     tower = create_tower(name, num_classes=len(CLASS_NAMES), **overrides)
+    meta: dict[str, Any] = {"n_train": n_train, "epochs": epochs, "seed": seed}
+    loss_fn: LossFn = classification_loss
+    if teacher is not None:
+        teacher_name, frozen_teacher = load_teacher(teacher, tower)
+        eet_loss = transfer or EETLoss()
+        meta |= {"teacher": str(teacher), "teacher_tower": teacher_name, "transfer": eet_loss.settings()}
+
+        def distil(student: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            return eet_loss(student, frozen_teacher, images, labels)[0]
+
+        loss_fn = distil
+
     images, labels = fmnist_subset("train", n_train, seed)
-    losses = train_classifier(tower, images, labels, epochs, batch_size, lr, seed)
+    losses = train_classifier(tower, images, labels, epochs, batch_size, lr, seed, loss_fn)
     if path is not None:
-        save_checkpoint(
-            tower,
-            name,
-            path,
-            overrides,
-            meta={"n_train": n_train, "epochs": epochs, "seed": seed, "final_loss": losses[-1]},
-        )
+        save_checkpoint(tower, name, path, overrides, meta=meta | {"final_loss": losses[-1]})
     return tower
 
 

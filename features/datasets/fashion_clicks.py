@@ -26,7 +26,7 @@ from tqdm import tqdm
 from features.datasets.fashion_mnist import CLASS_NAMES, load_all
 
 NAME = "fashion-clicks"
-GENERATOR_VERSION = "1.0.0"
+GENERATOR_VERSION = "1.1.0"  # 1.1: logit terms, observable ceilings, interaction_strength; default data as 1.0
 SPLITS = ("train", "valid", "test")
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 
@@ -78,6 +78,17 @@ ROW_SCHEMA = pa.schema(
         ("is_cold", pa.bool_()),
     ]
 )
+# The test split's true logit and the terms of it that a model cannot observe for every row (row-aligned with
+# test.parquet): what the observable ceilings are computed from, and analysis-only like ``true_p``.
+TERMS_SCHEMA = pa.schema(
+    [
+        ("logit", pa.float64()),
+        ("popularity", pa.float64()),  # popularity_weight * pop_i
+        ("user_bias", pa.float64()),  # b_u
+        ("user_taste", pa.float64()),  # q_u . e_i
+        ("interaction", pa.float64()),  # interaction_strength * H[segment, hour bucket, class]
+    ]
+)
 ITEM_SCHEMA = pa.schema(
     [
         ("item_id", pa.int64()),
@@ -106,6 +117,7 @@ class SimParams:
     hour_amplitude: float = 0.25  # cosine over the day, peak at ``hour_peak``
     hour_peak: float = 20.0
     interaction_sd: float = 0.6  # segment x hour bucket x true class table
+    interaction_strength: float = 1.0  # multiplies that table's logit term (0 = off); the table is drawn regardless
     position_decay: float = 0.35  # logit - position_decay * log2(1 + position)
     category_missing_share: float = 0.15  # items whose observed category is null
     category_wrong_share: float = 0.05  # items whose observed category is another class
@@ -132,6 +144,7 @@ class _World:
     observed_category: np.ndarray  # item_id -> class code, -1 = missing
     is_cold: np.ndarray  # item_id -> bool
     item_logit: np.ndarray  # item_id -> base + popularity + visual + class effect
+    item_popularity: np.ndarray  # item_id -> popularity_weight * pop_i, the popularity part of item_logit
     item_latent: np.ndarray  # item_id -> latent_dim vector (class embedding + projected visual features)
     pools: tuple[tuple[np.ndarray, np.ndarray], ...]  # (item ids, cumulative exposure) for warm and cold items
     user_cdf: np.ndarray  # cumulative request share per user
@@ -250,11 +263,9 @@ def _build_world(
         "weekday": rng.normal(0, params.context_effect_sd, 7),
         "segment_hour_class": rng.normal(0, params.interaction_sd, (len(SEGMENTS), 24 // HOURS_PER_BUCKET, n_classes)),
     }
+    item_popularity = params.popularity_weight * pop_z
     item_logit = (
-        params.base_logit
-        + params.popularity_weight * pop_z
-        + params.visual_weight * visual_score
-        + effects["class"][true_class]
+        params.base_logit + item_popularity + params.visual_weight * visual_score + effects["class"][true_class]
     )
     item_latent = effects["class_embedding"][true_class] + z @ effects["visual_embedding"]
 
@@ -274,6 +285,7 @@ def _build_world(
         observed_category=observed,
         is_cold=is_cold,
         item_logit=item_logit,
+        item_popularity=item_popularity,
         item_latent=item_latent.astype(np.float32),
         pools=pools,
         user_cdf=_cdf(rng.lognormal(0, params.user_activity_sigma, n_users)),
@@ -320,8 +332,9 @@ def _simulate_block(
     slate_size: int,
     world: _World,
     params: SimParams,
-) -> pa.Table:
-    """Rows of requests ``r0 .. r1 - 1`` (time order), ``slate_size`` rows per request."""
+) -> tuple[pa.Table, pa.Table]:
+    """Rows of requests ``r0 .. r1 - 1`` (time order), ``slate_size`` rows per request, and their logit terms
+    (``TERMS_SCHEMA``, row-aligned)."""
     n_req = r1 - r0
     request_id = np.arange(r0, r1, dtype=np.int64)
     # Request r happens at fraction (r + u) / n_requests of the log: strictly increasing in r. Within a day the
@@ -364,11 +377,16 @@ def _simulate_block(
     row_user = np.repeat(user, slate_size)
     cls = world.true_class[item]
 
+    user_taste = np.einsum("nd,nd->n", world.user_latent[row_user], world.item_latent[item], dtype=np.float64)
+    interaction = (
+        params.interaction_strength
+        * (eff["segment_hour_class"][u["segment"][row_user], np.repeat(hour // HOURS_PER_BUCKET, slate_size), cls])
+    )
     logit = (
         world.item_logit[item]
         + np.repeat(request_logit, slate_size)
-        + np.einsum("nd,nd->n", world.user_latent[row_user], world.item_latent[item], dtype=np.float64)
-        + eff["segment_hour_class"][u["segment"][row_user], np.repeat(hour // HOURS_PER_BUCKET, slate_size), cls]
+        + user_taste
+        + interaction
         - params.position_decay * np.log2(1 + position)
     )
     true_p = 1.0 / (1.0 + np.exp(-logit))
@@ -396,14 +414,15 @@ def _simulate_block(
         true_p,
         world.is_cold[item],
     ]
-    return pa.Table.from_arrays(columns, schema=ROW_SCHEMA)
+    terms = [logit, world.item_popularity[item], u["bias"][row_user], user_taste, interaction]
+    return pa.Table.from_arrays(columns, schema=ROW_SCHEMA), pa.Table.from_arrays(terms, schema=TERMS_SCHEMA)
 
 
 class _ChunkWriter:
     """Buffers blocks of one split and writes them as row groups of ``chunk_rows`` rows (at most 128k each)."""
 
-    def __init__(self, path: Path, chunk_rows: int) -> None:
-        self.writer = pq.ParquetWriter(path, ROW_SCHEMA)
+    def __init__(self, path: Path, chunk_rows: int, schema: pa.Schema = ROW_SCHEMA) -> None:
+        self.writer = pq.ParquetWriter(path, schema)
         self.chunk_rows = chunk_rows
         self.row_group_rows = math.ceil(chunk_rows / math.ceil(chunk_rows / MAX_ROW_GROUP_ROWS))
         self.buffer: list[pa.Table] = []
@@ -415,7 +434,8 @@ class _ChunkWriter:
         self.buffer.append(table)
         self.buffered += table.num_rows
         self.rows += table.num_rows
-        self.clicks += int(np.asarray(table["click"]).sum())
+        if "click" in table.column_names:
+            self.clicks += int(np.asarray(table["click"]).sum())
         while self.buffered >= self.chunk_rows:
             pending = pa.concat_tables(self.buffer)
             self._write(pending.slice(0, self.chunk_rows))
@@ -445,17 +465,47 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
 
 
-def _bayes_auc(test_path: Path) -> dict[str, float | None]:
-    # Only the test split's label, probability and cold flag are read back, never the whole log.
-    test = pq.read_table(test_path, columns=["click", "true_p", "is_cold"])
-    click = test["click"].to_numpy()
-    true_p = test["true_p"].to_numpy()
-    cold = test["is_cold"].to_numpy()
+def _scoped_auc(click: np.ndarray, score: np.ndarray, cold: np.ndarray) -> dict[str, float | None]:
     return {
-        "overall": roc_auc(click, true_p),
-        "cold": roc_auc(click[cold], true_p[cold]),
-        "warm": roc_auc(click[~cold], true_p[~cold]),
+        "overall": roc_auc(click, score),
+        "cold": roc_auc(click[cold], score[cold]),
+        "warm": roc_auc(click[~cold], score[~cold]),
     }
+
+
+def expected_cold_popularity(world: _World) -> float:
+    """E[popularity_weight * pop_i] of the item in a cold slot: the cold pool's own draw probabilities (exposure).
+
+    Exact for one slot; the redraw of repeats within a slate shifts the realised mean slightly toward the tail."""
+    if len(world.pools) < 2:
+        return 0.0
+    ids, cdf = world.pools[1]
+    return float(np.diff(cdf, prepend=0.0) @ world.item_popularity[ids])
+
+
+def observable_scores(terms: pa.Table, cold: np.ndarray, cold_popularity: float) -> dict[str, np.ndarray]:
+    """The true logit with the terms no model can observe replaced by their expectations (docs/fashion_clicks.md).
+
+    ``known_users``: a cold item's popularity term -> ``cold_popularity`` (its exposure-weighted mean over cold
+    items); ``unknown_users``: in addition every user's bias and taste term -> 0 (their mean under the generator)."""
+    logit = terms["logit"].to_numpy()
+    known_users = np.where(cold, logit - terms["popularity"].to_numpy() + cold_popularity, logit)
+    unknown_users = known_users - terms["user_bias"].to_numpy() - terms["user_taste"].to_numpy()
+    return {"known_users": known_users, "unknown_users": unknown_users}
+
+
+def _test_aucs(out_dir: Path, cold_popularity: float) -> dict[str, dict[str, float | None]]:
+    # Only the test split's label, probability, cold flag and logit terms are read back, never the whole log.
+    test = pq.read_table(out_dir / "test.parquet", columns=["click", "true_p", "is_cold"])
+    click = test["click"].to_numpy()
+    cold = test["is_cold"].to_numpy()
+    aucs = {"bayes_auc": _scoped_auc(click, test["true_p"].to_numpy(), cold)}
+    terms = pq.read_table(
+        out_dir / "test_logit_terms.parquet", columns=["logit", "popularity", "user_bias", "user_taste"]
+    )
+    for name, score in observable_scores(terms, cold, cold_popularity).items():
+        aucs[f"observable_auc_{name}"] = _scoped_auc(click, score, cold)
+    return aucs
 
 
 def _write_items(out_dir: Path, photos: np.ndarray, world: _World) -> None:
@@ -495,6 +545,10 @@ def build_fashion_clicks(
         raise ValueError(f"cold_item_share must be in [0, 1), got {cold_item_share}")
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
+    if params.rows_per_user < 1:
+        raise ValueError(f"rows_per_user must be positive, got {params.rows_per_user}")
+    if not 0.0 <= params.interaction_strength < math.inf:
+        raise ValueError(f"interaction_strength must be finite and >= 0, got {params.interaction_strength}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -512,13 +566,14 @@ def build_fashion_clicks(
     n_days = int(np.clip(n_requests // params.requests_per_day, params.min_days, params.max_days))
     block_requests = max(1, BLOCK_ROWS // slate_size)
     writers = {split: _ChunkWriter(out_dir / f"{split}.parquet", chunk_rows) for split in SPLITS}
+    terms_writer = _ChunkWriter(out_dir / "test_logit_terms.parquet", chunk_rows, TERMS_SCHEMA)
     n_blocks = math.ceil(n_requests / block_requests)
     # Items shown before / during the test period, to count warm tail items that by chance are unseen until test.
     shown = {"before_test": np.zeros(n_items, dtype=bool), "test": np.zeros(n_items, dtype=bool)}
     for block in tqdm(range(n_blocks), desc=NAME, unit="block", disable=not progress):
         r0 = block * block_requests
         r1 = min(r0 + block_requests, n_requests)
-        table = _simulate_block(
+        table, terms = _simulate_block(
             np.random.default_rng([seed, 1, block]),
             r0,
             r1,
@@ -534,9 +589,12 @@ def build_fashion_clicks(
             if lo < hi:
                 rows_of_split = table.slice((lo - r0) * slate_size, (hi - lo) * slate_size)
                 writers[split].add(rows_of_split)
+                if split == "test":
+                    terms_writer.add(terms.slice((lo - r0) * slate_size, (hi - lo) * slate_size))
                 shown["test" if split == "test" else "before_test"][rows_of_split["item_id"].to_numpy()] = True
-    for writer in writers.values():
+    for writer in (*writers.values(), terms_writer):
         writer.close()
+    cold_popularity = expected_cold_popularity(world)
 
     manifest = {
         "name": NAME,
@@ -551,7 +609,8 @@ def build_fashion_clicks(
         "n_warm_items_unseen_before_test": int((shown["test"] & ~shown["before_test"] & ~world.is_cold).sum()),
         "n_days": n_days,
         "ctr": {split: writers[split].clicks / max(writers[split].rows, 1) for split in SPLITS},
-        "bayes_auc": _bayes_auc(out_dir / "test.parquet"),
+        **_test_aucs(out_dir, cold_popularity),
+        "expected_unobserved_terms": {"cold_popularity": cold_popularity, "user_bias": 0.0, "user_taste": 0.0},
         "arguments": {
             "rows": rows,
             "cold_item_share": cold_item_share,

@@ -333,3 +333,147 @@ def test_rejects_bad_arguments(tmp_path: Path) -> None:
         fc.build_fashion_clicks(tmp_path, rows=ROWS, cold_item_share=1.0)
     with pytest.raises(ValueError, match="chunk_rows"):
         fc.build_fashion_clicks(tmp_path, rows=ROWS, chunk_rows=0)
+    with pytest.raises(ValueError, match="rows_per_user"):
+        fc.build_fashion_clicks(tmp_path, rows=ROWS, params=fc.SimParams(rows_per_user=0))
+    for strength in (-1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="interaction_strength"):
+            fc.build_fashion_clicks(tmp_path, rows=ROWS, params=fc.SimParams(interaction_strength=strength))
+
+
+# Content digest of train/valid/test at ROWS rows, seed 0, default arguments, computed with the generator as of
+# commit e601574 (before the interaction-strength switch and the logit terms existed), by ``_content_digest``.
+GENERATOR_1_0_DIGEST = "77d0cc162777097fba5b5bb31a5dc2c4a439613c5bc3f8a119fbda7c44b7e112"
+
+
+def _content_digest(out: Path) -> str:
+    """Library-version-proof digest of every split's values (JSON of each column's Python values)."""
+    digest = hashlib.sha256()
+    for split in SPLITS:
+        table = pq.read_table(out / f"{split}.parquet")
+        for name in table.column_names:
+            digest.update(json.dumps([name, table[name].to_pylist()]).encode())
+    return digest.hexdigest()
+
+
+def _test_rows(out: Path) -> pl.DataFrame:
+    """test.parquet with its row-aligned logit terms."""
+    return pl.concat(
+        [pl.read_parquet(out / "test.parquet"), pl.read_parquet(out / "test_logit_terms.parquet")], how="horizontal"
+    )
+
+
+@pytest.fixture(scope="module")
+def built_100k(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("fc_100k")
+    return out, fc.build_fashion_clicks(out, rows=100_000, seed=0)
+
+
+def test_defaults_reproduce_generator_1_0_data(built: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    out, manifest = built
+    assert _content_digest(out) == GENERATOR_1_0_DIGEST
+    explicit = fc.SimParams(rows_per_user=50, interaction_strength=1.0)
+    assert fc.build_fashion_clicks(tmp_path, rows=ROWS, seed=0, slate_size=SLATE, params=explicit) == manifest
+    reference = _frames(out)
+    for split, df in _frames(tmp_path).items():
+        assert df.equals(reference[split]), split
+
+
+def test_logit_terms_are_those_of_true_p(built: tuple[Path, dict[str, Any]]) -> None:
+    out, manifest = built
+    test = _test_rows(out)
+    assert test.height == manifest["rows"]["test"]
+    np.testing.assert_array_equal(1.0 / (1.0 + np.exp(-test["logit"].to_numpy())), test["true_p"].to_numpy())
+    # The interaction term is the manifest's table at (segment, hour bucket, true class), recomputed from columns.
+    items = pl.read_parquet(out / "items.parquet").select("item_id", "true_class")
+    test = test.join(items, on="item_id", how="left", maintain_order="left")
+    table = np.array(manifest["effects"]["segment_hour_class"])
+    segment = np.array([fc.SEGMENTS.index(s) for s in test["user_segment"].to_list()])
+    expected = table[segment, test["hour"].to_numpy() // 6, test["true_class"].to_numpy()]
+    np.testing.assert_array_equal(test["interaction"].to_numpy(), expected)
+    # Every row of a user carries the same bias; an item's popularity term is the same wherever it is shown.
+    assert (test.group_by("user_id").agg(pl.col("user_bias").n_unique())["user_bias"] == 1).all()
+    assert (test.group_by("item_id").agg(pl.col("popularity").n_unique())["popularity"] == 1).all()
+
+
+def test_observable_ceilings_match_sklearn(built_100k: tuple[Path, dict[str, Any]]) -> None:
+    out, manifest = built_100k
+    test = _test_rows(out)
+    cold = test["is_cold"].to_numpy()
+    click = test["click"].to_numpy()
+    expected = manifest["expected_unobserved_terms"]
+    assert expected["user_bias"] == expected["user_taste"] == 0.0
+    # Independent recomputation of the unknown-users ceiling, term by term, scored with sklearn.
+    score = (
+        test["logit"].to_numpy()
+        - np.where(cold, test["popularity"].to_numpy() - expected["cold_popularity"], 0.0)
+        - test["user_bias"].to_numpy()
+        - test["user_taste"].to_numpy()
+    )
+    for scope, rows in {"overall": np.ones_like(cold), "cold": cold, "warm": ~cold}.items():
+        want = roc_auc_score(click[rows], score[rows])
+        assert manifest["observable_auc_unknown_users"][scope] == pytest.approx(want, abs=1e-9), scope
+    # The expected cold popularity is the mean over the cold slots actually drawn, up to sampling noise.
+    realised = test.filter(pl.col("is_cold")).select(pl.col("popularity").mean()).item()
+    assert realised == pytest.approx(expected["cold_popularity"], abs=0.05)
+
+
+def test_ceiling_ordering(built_100k: tuple[Path, dict[str, Any]]) -> None:
+    _, manifest = built_100k
+    bayes, known, unknown = (
+        manifest[k] for k in ("bayes_auc", "observable_auc_known_users", "observable_auc_unknown_users")
+    )
+    # Warm rows hide nothing from a model with full history: the known-users ceiling is the Bayes AUC there.
+    assert known["warm"] == pytest.approx(bayes["warm"], abs=1e-12)
+    for scope in ("overall", "cold"):
+        assert bayes[scope] >= known[scope] > unknown[scope] + 0.01, scope
+    assert known["warm"] > unknown["warm"] + 0.01
+
+
+def test_ceilings_equal_bayes_when_the_hidden_terms_have_no_variance(tmp_path: Path) -> None:
+    no_popularity = fc.build_fashion_clicks(tmp_path / "a", rows=20_000, params=fc.SimParams(popularity_weight=0.0))
+    assert no_popularity["expected_unobserved_terms"]["cold_popularity"] == 0.0
+    assert no_popularity["observable_auc_known_users"] == pytest.approx(no_popularity["bayes_auc"], abs=1e-12)
+    assert no_popularity["observable_auc_unknown_users"]["overall"] < no_popularity["bayes_auc"]["overall"] - 0.01
+
+    nothing_hidden = fc.SimParams(
+        popularity_weight=0.0, user_bias_sd=0.0, user_class_taste_sd=0.0, user_visual_taste_sd=0.0
+    )
+    manifest = fc.build_fashion_clicks(tmp_path / "b", rows=20_000, params=nothing_hidden)
+    for ceiling in ("observable_auc_known_users", "observable_auc_unknown_users"):
+        assert manifest[ceiling] == pytest.approx(manifest["bayes_auc"], abs=1e-12), ceiling
+
+
+def test_interaction_strength_scales_only_the_interaction(built: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    out, manifest = built
+    default = _test_rows(out)
+    for strength in (0.0, 2.0):
+        other = fc.build_fashion_clicks(
+            tmp_path / str(strength), rows=ROWS, params=fc.SimParams(interaction_strength=strength)
+        )
+        assert other["params"]["interaction_strength"] == strength
+        assert other["effects"]["segment_hour_class"] == manifest["effects"]["segment_hour_class"]
+        rows = _test_rows(tmp_path / str(strength))
+        # Same requests, users, items and positions; only the interaction term (and so true_p and clicks) moves.
+        for column in ("request_id", "user_id", "item_id", "position", "ts", "popularity", "user_bias", "user_taste"):
+            assert rows[column].equals(default[column]), column
+        np.testing.assert_array_equal(rows["interaction"].to_numpy(), strength * default["interaction"].to_numpy())
+        np.testing.assert_allclose(
+            rows["logit"].to_numpy() - rows["interaction"].to_numpy(),
+            default["logit"].to_numpy() - default["interaction"].to_numpy(),
+            rtol=0,
+            atol=1e-12,
+        )
+    assert (default["interaction"] != 0).mean() > 0.99
+
+
+def test_rows_per_user_sets_the_history_length(tmp_path: Path) -> None:
+    rows_per_seen_user = {}
+    for rows_per_user in (20, 200):
+        params = fc.SimParams(rows_per_user=rows_per_user, min_users=10)
+        manifest = fc.build_fashion_clicks(tmp_path / str(rows_per_user), rows=ROWS, params=params)
+        assert manifest["n_users"] == ROWS // rows_per_user and manifest["params"]["rows_per_user"] == rows_per_user
+        users = pl.concat(_frames(tmp_path / str(rows_per_user)).values())["user_id"]
+        assert users.max() < manifest["n_users"]
+        rows_per_seen_user[rows_per_user] = ROWS / users.n_unique()
+    # Skewed activity leaves some users without a request, so a seen user has at least rows_per_user rows on average.
+    assert rows_per_seen_user[20] >= 20 and rows_per_seen_user[200] > 5 * rows_per_seen_user[20]

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
+import torch
+
+from pipelines.cli import main
+from vision_towers.pretrain import pretrain
 
 pytestmark = pytest.mark.e2e
 
@@ -40,3 +46,66 @@ def test_bad_schema_is_a_clean_error(tmp_path: Path) -> None:
     out = _ranker("features", "build", str(schema), cwd=tmp_path)
     assert out.returncode == 2
     assert "filez" in out.stderr and str(schema) in out.stderr and "Traceback" not in out.stderr
+
+
+def test_fashion_clicks_history_length_and_interaction_strength(tmp_path: Path) -> None:
+    out = tmp_path / "fc"
+    args = ("data", "build", "fashion-clicks", "--rows", "20000", "--out", str(out))
+    built = _ranker(*args, "--rows-per-user", "40", "--interaction-strength", "0", cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["rows_per_user"] == 40 and manifest["config"]["interaction_strength"] == 0.0
+    results = manifest["results"]
+    assert results["n_users"] == 20_000 // 40 and results["params"]["interaction_strength"] == 0.0
+    assert set(results["observable_auc_unknown_users"]) == {"overall", "cold", "warm"}
+    assert not pq.read_table(out / "test_logit_terms.parquet", columns=["interaction"])["interaction"].to_numpy().any()
+
+    refused = _ranker("data", "build", "movielens-100k", "--interaction-strength", "2", cwd=tmp_path)
+    assert refused.returncode == 2 and "fashion-clicks only" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_pretrain_tower_with_a_teacher(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    teacher, student = tmp_path / "teacher.pt", tmp_path / "student.pt"
+    pretrain("vit_fm", teacher, n_train=32, epochs=1, batch_size=32)
+    small = ("--n-train", "32", "--n-eval", "32")
+    done = _ranker(
+        "pretrain-tower",
+        "eet_vit_fm",
+        "--out",
+        str(student),
+        "--teacher",
+        str(teacher),
+        "--cos-weight",
+        "2",
+        *small,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Fashion-MNIST test accuracy" in done.stdout
+    transfer = torch.load(student, weights_only=True)["meta"]["transfer"]
+    assert transfer == {
+        "ce_weight": 0.1,
+        "mask_weight": 0.1,
+        "cos_weight": 2.0,
+        "kl_weight": 0.0,
+        "temperature": 1.0,
+        "mask_top": 4,
+    }
+
+    wrong = _ranker(
+        "pretrain-tower",
+        "eet_vit_fm",
+        "--out",
+        str(tmp_path / "x.pt"),
+        "--teacher",
+        str(student.with_name("nope.pt")),
+        *small,
+        cwd=tmp_path,
+    )
+    assert (
+        wrong.returncode == 2
+        and wrong.stderr.startswith("ranker: error: --teacher ")
+        and "Traceback" not in wrong.stderr
+    )
+    assert main(["pretrain-tower", "eet_vit_fm", "--out", str(tmp_path / "y.pt"), "--kl-weight", "1"]) == 2
+    assert "--kl-weight: only with --teacher" in capsys.readouterr().err

@@ -21,7 +21,7 @@ from ranker.build import (
     num_tokens,
 )
 from ranker.model import FrozenVisionArch, RankerTrain, TaskHeads, VisionArch
-from tests.helpers import write_tiny_dataset
+from tests.helpers import write_tiny_dataset, write_tiny_image_dataset
 from vision_towers import create_tower, prepare_images
 
 pytestmark = pytest.mark.unit
@@ -163,17 +163,8 @@ def test_item_embeddings_are_cached_per_tower_version(tmp_path: Path) -> None:
 
 
 def test_vision_model_builds_and_trains(tmp_path: Path) -> None:
-    schema = load_schema(
-        write_tiny_dataset(
-            tmp_path / "raw", n=200, image={"items": "items.parquet", "item_column": "item", "array": "images.npy"}
-        )  # fmt: skip
-    )
-    import polars as pl
-
-    pl.DataFrame({"item": list(range(100, 130)), "image_index": list(range(30))}).write_parquet(
-        tmp_path / "raw" / "items.parquet"
-    )
-    np.save(tmp_path / "raw" / "images.npy", np.random.default_rng(0).integers(0, 255, (30, 28, 28), dtype=np.uint8))
+    photos = np.random.default_rng(0).integers(0, 255, (30, 28, 28), dtype=np.uint8)
+    schema = load_schema(write_tiny_image_dataset(tmp_path / "raw", photos))
     fmap = fit(schema, tmp_path / "features")
     transform(schema, tmp_path / "features", "train", fmap)
     images = np.load(tmp_path / "features" / "images.npy")

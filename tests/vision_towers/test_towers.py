@@ -98,3 +98,11 @@ def test_pooled_embedding_matches_tokens(name: str) -> None:
         tokens, emb = tower.forward_tokens(x), tower(x)
     expected = tokens.mean(1) if name.startswith("efficientmod_") else tokens[:, 0]
     torch.testing.assert_close(emb, expected)
+
+
+@pytest.mark.parametrize("name", vt.list_towers())
+def test_builds_on_the_meta_device(name: str) -> None:
+    """The ranker's preflight builds its tower on the meta device (no memory, no weights): every tower must allow it."""
+    with torch.device("meta"):
+        tower = vt.create_tower(name, num_classes=0)
+    assert tower.embed_dim > 0 and all(p.is_meta for p in tower.parameters())
