@@ -201,12 +201,13 @@ _SERVE_SCRIPT = textwrap.dedent(
     """
     import sys
 
+    TRAINING_CODE = ("ranker", "features", "pipelines", "vision_towers")
     allowed = sys.argv[4:]  # what serving.json "requires" (fbgemm_gpu for quantised tables)
 
     class Block:
         def find_spec(self, name, path=None, target=None):
             top = name.split(".")[0]
-            if top in ("ranker", "features", "pipelines", "torchrec", "fbgemm_gpu") and top not in allowed:
+            if top in TRAINING_CODE + ("torchrec", "fbgemm_gpu") and top not in allowed:
                 raise ImportError(f"blocked import of {name} in the serving process")
             return None
 
@@ -219,27 +220,32 @@ _SERVE_SCRIPT = textwrap.dedent(
 
     data = np.load(sys.argv[2])
     module = torch.export.load(sys.argv[1]).module()
+    names = ["dense", "values", "lengths"] + (["image_index"] if "image_index" in data else [])
     with torch.no_grad():
-        out = module(torch.from_numpy(data["dense"]), torch.from_numpy(data["values"]),
-                     torch.from_numpy(data["lengths"]))
+        out = module(*(torch.from_numpy(data[n]) for n in names))
     np.save(sys.argv[3], out.numpy())
-    assert not any(m.split(".")[0] in ("ranker", "features", "torchrec") for m in sys.modules)
+    assert not any(m.split(".")[0] in TRAINING_CODE + ("torchrec",) for m in sys.modules)
     """
 )
 
 
-def _check_served(out: Path, features: Path, tmp_path: Path, sizes: tuple[int, ...], atol: float = 1e-5) -> None:
-    """Scores of ``out/serve/model.pt2`` in a fresh torch-only process equal ``load_exported(out)``'s."""
+def _check_served(
+    out: Path, features: Path, tmp_path: Path, sizes: tuple[int, ...], atol: float = 1e-5
+) -> dict[int, np.ndarray]:
+    """Scores of ``out/serve/model.pt2`` in a fresh torch-only process (no training code) equal
+    ``load_exported(out)``'s on the first n test rows, for each n of ``sizes``; returns them by n."""
     model = load_exported(out)
     requires = json.loads((out / "serve" / "serving.json").read_text()).get("requires", [])
     script = tmp_path / "serve.py"
     script.write_text(_SERVE_SCRIPT)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    served = {}
     for n in sizes:
         batch = _batch(features, out, n)
         kjt = batch.sparse
+        images = {"image_index": batch.image_index.numpy()} if model.vision_arch is not None else {}
         np.savez(tmp_path / "in.npz", dense=batch.dense.numpy(), values=kjt.values().numpy(),
-                 lengths=kjt.lengths().numpy())  # fmt: skip
+                 lengths=kjt.lengths().numpy(), **images)  # fmt: skip
         # -I: isolated mode, no cwd (the repository) on sys.path, no user site; the meta-path blocker does the rest.
         run = subprocess.run(
             [sys.executable, "-I", str(script), str(out / "serve" / "model.pt2"), str(tmp_path / "in.npz"),
@@ -249,7 +255,9 @@ def _check_served(out: Path, features: Path, tmp_path: Path, sizes: tuple[int, .
         assert run.returncode == 0, run.stderr[-3000:]
         with torch.no_grad():
             expected = model(batch).numpy()
-        np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, rtol=0, atol=atol)
+        served[n] = np.load(tmp_path / "out.npy")
+        np.testing.assert_allclose(served[n], expected, rtol=0, atol=atol)
+    return served
 
 
 def test_served_program_loads_without_training_code(exported, tmp_path: Path) -> None:
@@ -552,3 +560,48 @@ def test_pruned_and_finetuned_export_loads_and_serves(exported, tmp_path: Path) 
     kwargs = json.loads((out / "model_config.json").read_text())["interaction_kwargs"]["hiformer"]
     assert (kwargs["num_heads"], kwargs["ffn_hidden"], kwargs["head_dim"]) == (1, 8, 4)  # d_k = 8 / 2 kept
     _check_served(out, features, tmp_path, (5,))  # loads (load_exported) and serves in a fresh process
+
+
+def test_frozen_tower_served_program_holds_item_embeddings_never_photos_or_tower(tmp_path: Path) -> None:
+    """A frozen image tower's served program: the catalogue embeddings are in it, the tower and the photos are not;
+    it scores in a process that cannot import the training code (nor vision_towers), equal to the training-side
+    model and to a model that runs the tower itself on the photos."""
+    from dataclasses import replace
+
+    from features.images import load_images
+    from ranker.build import VisionConfig
+    from tests.helpers import build_tiny_export
+    from vision_towers import create_tower
+    from vision_towers.pretrain import save_checkpoint
+
+    torch.manual_seed(5)
+    overrides = {"depths": [1, 1, 1, 1]}
+    tower = create_tower("convformer_fm", num_classes=0, **overrides).eval()
+    save_checkpoint(tower, "convformer_fm", tmp_path / "tower.pt", overrides)
+    vision = VisionConfig(tower="convformer_fm", frozen=True, pretrained=str(tmp_path / "tower.pt"), tokens=2)
+    export_dir, features = build_tiny_export(tmp_path / "tiny", vision)
+    out = tmp_path / "served"
+    compress_export(export_dir, CompressConfig(tracking=False), out)
+
+    program = torch.export.load(out / "serve" / "model.pt2")
+    tensors = {**program.state_dict, **program.constants}
+    photos = np.asarray(load_images(features))
+    assert not any("tower" in name for name in tensors)
+    tower_shapes = {tuple(p.shape) for p in tower.parameters() if p.dim() > 1}
+    assert not tower_shapes & {tuple(t.shape) for t in tensors.values()}
+    assert not any(t.dtype == torch.uint8 or photos.shape[-2:] == tuple(t.shape[-2:]) for t in tensors.values())
+    table = np.load(export_dir / "item_embeddings.npy")
+    np.testing.assert_array_equal(tensors["model.vision_arch.item_embeddings"].numpy(), table)
+    tower_bytes = sum(p.numel() * p.element_size() for p in tower.parameters())
+    assert 5 * (out / "serve" / "model.pt2").stat().st_size < tower_bytes + photos.nbytes
+
+    served = _check_served(out, features, tmp_path, (40,))  # == load_exported(out), the training-side model
+    batch = _batch(features, out, 40)
+    assert (batch.image_index >= 0).all()  # every item of the tiny data has a photo in the catalogue: all warm
+    # Independent reference: the same weights with the tower run on each batch's photos (a fine-tuned-tower model).
+    cfg = from_dict(ModelConfig, json.loads((out / "model_config.json").read_text()))
+    live = build_ranker(FeatureMap.load(out), replace(cfg, vision=replace(vision, frozen=False)), photos).eval()
+    missing, unexpected = live.load_state_dict(load_exported(out).state_dict(), strict=False)
+    assert not unexpected and missing and all(name.startswith("vision_arch.tower.") for name in missing)
+    with torch.no_grad():
+        np.testing.assert_allclose(served[40], live(batch).numpy(), rtol=0, atol=1e-5)
