@@ -13,7 +13,9 @@ Runs (``--runs``): ``hiformer``, ``dcnv2``, ``dlrm`` (D = 16) and, when present,
 embedding quantisation sizes where rows are no longer padded to fp16's size).
 
     python -m benchmarks.serving --runs /tmp/wt10runs --features /tmp/wt10data/features/movielens-100k \\
-        --work /tmp/wt10bench --requests 500 --aoti best --aoti dcnv2
+        --work /tmp/wt10bench --requests 500 --aoti best+heads --aoti dcnv2 --aoti dcnv2_low_rank_44+ft
+
+``--only NAME`` (repeatable) runs a subset with its baselines and no T scaling, e.g. to check new variants.
 """
 
 from __future__ import annotations
@@ -42,10 +44,13 @@ from ranker.export import load_exported
 RESULTS = Path(__file__).parent / "results"
 
 
-def variants(features: str, steps: int, energy: float, runs: Path) -> dict[str, tuple[str, CompressConfig]]:
+def variants(
+    features: str, steps: int, energy: float, cross_rank: int, runs: Path
+) -> dict[str, tuple[str, CompressConfig]]:
     """Variant name -> (run, config); the variant named like its run is that run's uncompressed baseline."""
     ft = FinetuneConfig(features=features, steps=steps, batch_size=256, lr=1e-3, seed=0)
     lr = LowRankConfig(energy=energy)
+    cross = LowRankConfig(rank=cross_rank)
     heads = PruneConfig(features=features, heads=1, ffn_hidden=32)
     table = {
         "hiformer": ("hiformer", CompressConfig()),
@@ -62,6 +67,11 @@ def variants(features: str, steps: int, energy: float, runs: Path) -> dict[str, 
         "best+heads": ("hiformer", CompressConfig(prune_last=True, prune=heads, low_rank=lr, finetune=ft)),
         "dcnv2": ("dcnv2", CompressConfig()),
         "dcnv2_int8": ("dcnv2", CompressConfig(embedding_dtype="int8")),
+        f"dcnv2_low_rank_{cross_rank}+ft": ("dcnv2", CompressConfig(low_rank=cross, finetune=ft)),
+        f"dcnv2_low_rank_{cross_rank}+ft+int8": (
+            "dcnv2",
+            CompressConfig(low_rank=cross, finetune=ft, embedding_dtype="int8"),
+        ),
         "dlrm": ("dlrm", CompressConfig()),
         "dlrm_int8": ("dlrm", CompressConfig(embedding_dtype="int8")),
     }
@@ -158,6 +168,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--candidates", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=300, help="fine-tune steps")
     parser.add_argument("--energy", type=float, default=0.9)
+    parser.add_argument(
+        "--cross-rank",
+        type=int,
+        default=44,
+        help="DCN-v2 low-rank cross budget (default N/4 for N = T·D = 11·16, torchrec's suggestion; the trained "
+        "cross matrices need N/2 for 90%% of their energy, where U V costs as much as W)",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="only these variants (and their runs' baselines), no T scaling: a partial run, give it another --out",
+    )
     parser.add_argument("--aoti", action="append", default=[], help="variant(s) also timed as AOTInductor packages")
     parser.add_argument("--bootstrap", type=int, default=200)
     parser.add_argument("--throughput-batch", type=int, default=4096)
@@ -166,7 +189,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "serving")
     args = parser.parse_args(argv)
     started = time.time()
-    table = variants(str(args.features), args.steps, args.energy, args.runs)
+    table = variants(str(args.features), args.steps, args.energy, args.cross_rank, args.runs)
+    if args.only:
+        unknown = sorted(set(args.only + args.aoti) - set(table))
+        if unknown:
+            parser.error(f"--only/--aoti: unknown variant(s) {unknown}; known: {sorted(table)}")
+        keep = set(args.only) | {table[name][0] for name in args.only}
+        table = {name: spec for name, spec in table.items() if name in keep}
     rows: dict[str, dict[str, Any]] = {}
     for name, (run, cfg) in table.items():
         t0 = time.time()
@@ -247,8 +276,9 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.aoti:
         diff = (reference[f"{name} (AOTI)"] - reference[name]).abs().max().item()
         latency[f"{name} (AOTI)"]["max_abs_diff_vs_program"] = diff
-    scaling = token_scaling((8, 16, 32, 64, 128), 16, args.scaling_batch, args.scaling_reps)
-    plot_scaling(scaling, args.out.with_name(args.out.name + "_scaling.png"), args.scaling_batch)
+    scaling = [] if args.only else token_scaling((8, 16, 32, 64, 128), 16, args.scaling_batch, args.scaling_reps)
+    if scaling:
+        plot_scaling(scaling, args.out.with_name(args.out.name + "_scaling.png"), args.scaling_batch)
     result = {
         "command": " ".join([sys.executable.split("/")[-1], "-m", "benchmarks.serving", *(argv or sys.argv[1:])]),
         "machine": {

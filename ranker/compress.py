@@ -5,10 +5,12 @@ Techniques (each an option of :class:`CompressConfig`, applied in this order):
 - ``prune_last``: the last attention layer of a model trained without ``prune_last`` is rebuilt to update the task
   tokens only. Exact: the task-token outputs of the unpruned layer are computed from the same weights (the
   trailing K token slices of every per-token weight, the trailing K·out_dim rows of a composite query).
-- ``low_rank``: truncated SVD of every Hiformer composite projection (``CompositeLinear``, full or already
-  factorised) to a rank chosen by an energy threshold or given as a budget; one rank per kind (keys [and composite
-  queries] share ``rank_k``, values ``rank_v``, as in ``ModelConfig``), the largest any layer needs. Exact up to
-  float rounding at the projection's current rank.
+- ``low_rank``: truncated SVD to a rank chosen by an energy threshold or given as a budget, the largest rank any
+  layer needs (one rank per kind, as the model config has one). Exact up to float rounding at the current rank.
+  Hiformer: every composite projection (``CompositeLinear``, full or already factorised); keys [and composite
+  queries] share ``rank_k``, values ``rank_v``. DCN-v2: every cross layer's ``N x N`` matrix ``W_l`` (N = T·D)
+  becomes ``U_l V_l`` (``N x r``, ``r x N``), the paper's low-rank cross, served as torchrec's ``LowRankCrossNet``
+  (the model's ``low_rank`` option); ``rank`` is the budget.
 - ``finetune``: a short, single-process, deterministic fine-tune of the compressed model on the training split
   with the model's own loss (``RankerTrain``), Adam on all weights.
 - ``dense_dtype: bfloat16``: the interaction and the heads hold and compute in bf16 (embeddings stay fp32; the
@@ -43,16 +45,18 @@ EMBEDDING_DTYPES = {"float32": None, "float16": torch.float16, "int8": torch.qin
 @dataclass(frozen=True)
 class LowRankConfig:
     """Rank choice for the truncated SVD: ``energy`` (keep the smallest rank holding this share of the squared
-    singular values) unless ``rank_k`` / ``rank_v`` give the ranks outright (a budget)."""
+    singular values) unless a budget gives the rank outright: ``rank_k`` / ``rank_v`` (Hiformer's key and value
+    projections) or ``rank`` (DCN-v2's cross layers)."""
 
     energy: float = 0.99
     rank_k: int | None = None
     rank_v: int | None = None
+    rank: int | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.energy <= 1.0:
             raise ValueError(f"low_rank.energy must be in (0, 1], got {self.energy}")
-        for name in ("rank_k", "rank_v"):
+        for name in ("rank_k", "rank_v", "rank"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"low_rank.{name} must be >= 1, got {value}")
@@ -125,6 +129,28 @@ class CompressConfig:
             )
 
 
+ATTENTION = ("hiformer", "hetero_attention", "transformer")
+# Which options apply to which interactions; any other combination is a one-line config error (check_applies).
+_APPLIES = {
+    "prune_last": ATTENTION,
+    "prune": ATTENTION,
+    "low_rank": ("hiformer", "dcnv2"),  # composite projections, cross matrices
+    "low_rank.rank_k": ("hiformer",),
+    "low_rank.rank_v": ("hiformer",),
+    "low_rank.rank": ("dcnv2",),
+}
+
+
+def check_applies(cfg: CompressConfig, interaction: str) -> None:
+    """Raises ``ValueError`` naming the first option of ``cfg`` that does not apply to an ``interaction`` model."""
+    given = {"prune_last": cfg.prune_last, "prune": cfg.prune is not None, "low_rank": cfg.low_rank is not None}
+    if cfg.low_rank is not None:
+        given |= {f"low_rank.{k}": getattr(cfg.low_rank, k) is not None for k in ("rank_k", "rank_v", "rank")}
+    for key, models in _APPLIES.items():
+        if given.get(key) and interaction not in models:
+            raise ValueError(f"compress: {key} does not apply to a {interaction!r} model, only to {', '.join(models)}")
+
+
 def _attention(model: Ranker) -> AttentionInteraction | None:
     return model.interaction if isinstance(model.interaction, AttentionInteraction) else None
 
@@ -145,8 +171,7 @@ def prune_last_layer(model: Ranker, cfg: ModelConfig, build: Any) -> tuple[Ranke
         raise ValueError(f"prune_last: {cfg.interaction!r} has no attention layers to prune")
     if last_layer_pruned(model):
         raise ValueError("prune_last: the last layer is already pruned to the task tokens")
-    kwargs = cfg.chosen_kwargs() | {"prune_last": True}
-    new_cfg = replace(cfg, interaction_kwargs={**cfg.interaction_kwargs, cfg.interaction: kwargs})
+    new_cfg = _with_kwargs(cfg, prune_last=True)
     pruned = build(new_cfg)
     old_state = model.state_dict()
     state = {}
@@ -181,53 +206,104 @@ def _current_rank(proj: CompositeLinear) -> int:
     return proj.rank if proj.rank is not None else min(matrix_rows, matrix_cols)
 
 
+def _factorise(
+    matrices: dict[str, tuple[torch.Tensor, int]], energy: float, budget: int | None
+) -> tuple[int, dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, dict[str, Any]]]:
+    """Truncated SVD of a group of matrices that share one rank.
+
+    Args:
+        matrices: name -> (``out x in`` matrix in float64, its current rank).
+        energy: the rank is the largest any member needs to keep this share of its squared singular values ...
+        budget: ... unless given outright; never above a member's current rank.
+
+    Returns:
+        The rank r, each member's factors ``(r x in, out x r)`` whose product (second @ first) is its rank-r
+        truncated SVD (the singular values split evenly between them), and a report per member.
+    """
+    svds = {name: torch.linalg.svd(matrix, full_matrices=False) for name, (matrix, _) in matrices.items()}
+    wanted = max(_energy_rank(s, energy) for _, s, _ in svds.values())
+    rank = min(budget if budget is not None else wanted, *(current for _, current in matrices.values()))
+    factors, report = {}, {}
+    for name, (u, s, vh) in svds.items():
+        half = s[:rank].sqrt()
+        factors[name] = (half[:, None] * vh[:rank], u[:, :rank] * half[None, :])
+        kept = float((s[:rank] ** 2).sum() / (s**2).sum().clamp(min=1e-300))
+        report[name] = {
+            "current_rank": matrices[name][1],
+            "energy_rank": _energy_rank(s, energy),
+            "rank": rank,
+            "energy_kept": round(kept, 6),
+        }
+    return rank, factors, report
+
+
+def _with_kwargs(cfg: ModelConfig, **changes: Any) -> ModelConfig:
+    """``cfg`` with hyper-parameters of its chosen interaction changed."""
+    kwargs = cfg.chosen_kwargs() | changes
+    return replace(cfg, interaction_kwargs={**cfg.interaction_kwargs, cfg.interaction: kwargs})
+
+
 def low_rank(model: Ranker, cfg: ModelConfig, lr_cfg: LowRankConfig, build: Any) -> tuple[Ranker, ModelConfig, dict]:
-    """Truncated SVD of every composite projection; returns the model, its config and the chosen ranks."""
+    """Truncated SVD of every composite projection (Hiformer) or cross matrix (DCN-v2); returns the model, its
+    config and what was chosen (``ranks`` and a report per matrix). ``build(cfg) -> Ranker`` as for pruning."""
+    check_applies(CompressConfig(low_rank=lr_cfg), cfg.interaction)
+    low = _low_rank_hiformer if cfg.interaction == "hiformer" else _low_rank_cross
+    state, new_cfg, report = low(model, cfg, lr_cfg)
+    target = build(new_cfg)
+    target.load_state_dict(state, strict=True)  # copy_ casts to the target's dtype
+    return target.eval(), new_cfg, report
+
+
+def _low_rank_hiformer(model: Ranker, cfg: ModelConfig, lr_cfg: LowRankConfig) -> tuple[dict, ModelConfig, dict]:
     attention = _attention(model)
-    if cfg.interaction != "hiformer" or attention is None:
-        raise ValueError(f"low_rank: only Hiformer has composite projections, not {cfg.interaction!r}")
+    assert attention is not None
     composite_query = cfg.chosen_kwargs().get("query_mode", "hetero") == "composite"
-    groups: dict[str, list[tuple[str, CompositeLinear]]] = {"rank_k": [], "rank_v": []}
+    groups: dict[str, dict[str, CompositeLinear]] = {"rank_k": {}, "rank_v": {}}
     for i, layer in enumerate(attention.layers):
-        groups["rank_k"].append((f"layers.{i}.key", layer.key))
-        groups["rank_v"].append((f"layers.{i}.value", layer.value))
+        groups["rank_k"][f"layers.{i}.key"] = layer.key
+        groups["rank_v"][f"layers.{i}.value"] = layer.value
         if composite_query:
-            groups["rank_k"].append((f"layers.{i}.query", layer.query))
+            groups["rank_k"][f"layers.{i}.query"] = layer.query
     ranks: dict[str, int] = {}
     report: dict[str, Any] = {"projections": {}}
-    svds: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-    for label, members in groups.items():
-        wanted = 0
-        for name, proj in members:
-            u, s, vh = torch.linalg.svd(_matrix(proj), full_matrices=False)
-            svds[name] = (u, s, vh)
-            by_energy = _energy_rank(s, lr_cfg.energy)
-            report["projections"][name] = {"current_rank": _current_rank(proj), "energy_rank": by_energy}
-            wanted = max(wanted, by_energy)
-        budget = getattr(lr_cfg, label)
-        ranks[label] = min(budget if budget is not None else wanted, *(_current_rank(p) for _, p in members))
-    kwargs = cfg.chosen_kwargs() | ranks
-    new_cfg = replace(cfg, interaction_kwargs={**cfg.interaction_kwargs, cfg.interaction: kwargs})
-    target = build(new_cfg)
     state = model.state_dict()
-    new_state = target.state_dict()
-    prefix = "interaction."
     for label, members in groups.items():
-        rank = ranks[label]
-        for name, _ in members:
-            u, s, vh = svds[name]
-            root = f"{prefix}{name}.proj"
-            for key in list(state):
-                if key.startswith(root + "."):
-                    del state[key]
-            half = s[:rank].sqrt()
-            state[f"{root}.0.weight"] = (half[:, None] * vh[:rank]).to(new_state[f"{root}.0.weight"].dtype)
-            state[f"{root}.1.weight"] = (u[:, :rank] * half[None, :]).to(new_state[f"{root}.1.weight"].dtype)
-            kept = float((s[:rank] ** 2).sum() / (s**2).sum().clamp(min=1e-300))
-            report["projections"][name].update(rank=rank, energy_kept=round(kept, 6))
-    target.load_state_dict(state, strict=True)
+        matrices = {name: (_matrix(proj), _current_rank(proj)) for name, proj in members.items()}
+        ranks[label], factors, report_part = _factorise(matrices, lr_cfg.energy, getattr(lr_cfg, label))
+        report["projections"] |= report_part
+        for name, (first, second) in factors.items():
+            root = f"interaction.{name}.proj"
+            for key in [k for k in state if k.startswith(root + ".")]:
+                del state[key]
+            state[f"{root}.0.weight"], state[f"{root}.1.weight"] = first, second
     report["ranks"] = ranks
-    return target.eval(), new_cfg, report
+    return state, _with_kwargs(cfg, **ranks), report
+
+
+def _low_rank_cross(model: Ranker, cfg: ModelConfig, lr_cfg: LowRankConfig) -> tuple[dict, ModelConfig, dict]:
+    """DCN-v2: ``W_l`` (``N x N``, or ``U_l V_l`` already) -> ``W_kernels.l`` (``N x r``) @ ``V_kernels.l``
+    (``r x N``); the biases move from torchrec ``CrossNet``'s ``N x 1`` to ``LowRankCrossNet``'s ``N``."""
+    from torchrec.modules.crossnet import LowRankCrossNet
+
+    cross = model.interaction.cross
+    prefix = "interaction.cross."
+    state = model.state_dict()
+    matrices = {}
+    for i in range(len(cross.bias)):
+        if isinstance(cross, LowRankCrossNet):
+            w, v = cross.W_kernels[i].detach().double(), cross.V_kernels[i].detach().double()
+            matrices[f"cross.{i}"] = (w @ v, int(w.shape[1]))
+            del state[f"{prefix}W_kernels.{i}"], state[f"{prefix}V_kernels.{i}"]
+        else:
+            kernel = cross.kernels[i].detach().double()
+            matrices[f"cross.{i}"] = (kernel, int(kernel.shape[0]))
+            del state[f"{prefix}kernels.{i}"]
+    rank, factors, layers = _factorise(matrices, lr_cfg.energy, lr_cfg.rank)
+    for i in range(len(cross.bias)):
+        first, second = factors[f"cross.{i}"]
+        state[f"{prefix}V_kernels.{i}"], state[f"{prefix}W_kernels.{i}"] = first, second
+        state[f"{prefix}bias.{i}"] = state[f"{prefix}bias.{i}"].reshape(-1)
+    return state, _with_kwargs(cfg, low_rank=rank), {"layers": layers, "ranks": {"low_rank": rank}}
 
 
 def _train_batches(features: str, fmap: Any, batch_size: int, seed: int) -> Any:
@@ -294,6 +370,7 @@ def compress_model(
     model: Ranker, model_cfg: ModelConfig, cfg: CompressConfig, build: Any, fmap: Any = None
 ) -> tuple[Ranker, ModelConfig, dict[str, Any]]:
     """Applies the techniques of ``cfg`` to a copy of ``model``; returns the model, its config and what was done."""
+    check_applies(cfg, model_cfg.interaction)
     model = copy.deepcopy(model).eval()
     applied: dict[str, Any] = {"parameters_before": count_parameters(model)}
     if cfg.prune_last and last_layer_pruned(model):
@@ -396,6 +473,7 @@ __all__ = [
     "LowRankConfig",
     "PruneConfig",
     "ServeConfig",
+    "check_applies",
     "compress_model",
     "low_rank",
     "prune_last_layer",

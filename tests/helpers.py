@@ -188,30 +188,42 @@ def two_task_schema(path: Path) -> Path:
     return path
 
 
-def build_tiny_export(root: Path) -> tuple[Path, Path]:
+def build_tiny_export(root: Path, vision: Any = None) -> tuple[Path, Path]:
     """An export (untrained Hiformer, seed 0, two tasks) of the tiny data set under ``root``: (export, features).
 
     ``root/raw`` holds the raw splits; ``root/features`` the fitted map and the processed train and test splits.
+    ``vision``: a ``ranker.build.VisionConfig``; the data then has a photo of each of its 30 items
+    (:func:`write_tiny_image_dataset`), and a frozen tower's export holds their embeddings (built as training
+    builds them).
     """
     import torch
     import torch.distributed.checkpoint as dcp
 
+    from features.images import load_images
     from features.processor import fit, transform
     from features.schema import load_schema
-    from ranker.build import ModelConfig, build_ranker
+    from ranker.build import ModelConfig, build_ranker, cached_item_embeddings
     from ranker.export import export_checkpoint
     from ranker.model import RankerTrain
 
-    schema = load_schema(two_task_schema(write_tiny_dataset(root / "raw", n=400)))
+    if vision is None:
+        schema_path = write_tiny_dataset(root / "raw", n=400)
+    else:
+        photos = np.random.default_rng(0).integers(0, 255, (30, 28, 28), dtype=np.uint8)
+        schema_path = write_tiny_image_dataset(root / "raw", photos, n=400)
+    schema = load_schema(two_task_schema(schema_path))
     features = root / "features"
     fmap = fit(schema, features)
     for split in ("train", "test"):
         transform(schema, features, split, fmap, row_group_size=32)
-    cfg = ModelConfig(embedding_dim=8, interaction_kwargs={"hiformer": {"num_layers": 1}})
+    cfg = ModelConfig(embedding_dim=8, interaction_kwargs={"hiformer": {"num_layers": 1}}, vision=vision)
     torch.manual_seed(0)
-    model = RankerTrain(build_ranker(fmap, cfg))
+    frozen = vision is not None and vision.frozen
+    table = cached_item_embeddings(vision, features, seed=0) if frozen else None
+    images = np.asarray(load_images(features)) if vision is not None and not frozen else None
+    model = RankerTrain(build_ranker(fmap, cfg, images, item_embeddings=table))
     dcp.save({"model": model.state_dict()}, checkpoint_id=str(root / "ckpt"), no_dist=True)
-    export_checkpoint(root / "ckpt", fmap, features, cfg, {"note": "test"}, root / "run" / "export")
+    export_checkpoint(root / "ckpt", fmap, features, cfg, {"note": "test"}, root / "run" / "export", table)
     return root / "run" / "export", features
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -23,7 +24,15 @@ from pipelines.compress import compress_export, load_compress_config
 from pipelines.evaluate import evaluate_model
 from pipelines.metrics import EvalConfig
 from ranker.build import ModelConfig, build_ranker
-from ranker.compress import CompressConfig, FinetuneConfig, LowRankConfig, ServeConfig, compress_model
+from ranker.compress import (
+    CompressConfig,
+    FinetuneConfig,
+    LowRankConfig,
+    PruneConfig,
+    ServeConfig,
+    check_applies,
+    compress_model,
+)
 from ranker.export import export_checkpoint, load_exported
 from ranker.model import RankerTrain
 from ranker.serving import Scorer, TensorRanker
@@ -50,9 +59,32 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         for name, p in model.named_parameters():
             if "norm" in name or "bias" in name:
                 p.add_(0.1 * torch.randn_like(p))
-    dcp.save({"model": model.state_dict()}, checkpoint_id=str(root / "ckpt"), no_dist=True)
-    export_checkpoint(root / "ckpt", fmap, features, cfg, {"note": "test"}, root / "run" / "export")
-    return root / "run" / "export", features
+    return _save_export(model, fmap, features, cfg, root / "run" / "export"), features
+
+
+def _save_export(model: RankerTrain, fmap: FeatureMap, features: Path, cfg: ModelConfig, out: Path) -> Path:
+    """``model`` as an export at ``out`` (through a DCP checkpoint beside it, as training writes one)."""
+    dcp.save({"model": model.state_dict()}, checkpoint_id=str(out.parent / f"{out.name}-ckpt"), no_dist=True)
+    return export_checkpoint(out.parent / f"{out.name}-ckpt", fmap, features, cfg, {"note": "test"}, out)
+
+
+def _dcnv2_config(**kwargs: object) -> ModelConfig:
+    dcnv2 = {"hidden": [16], "structure": "parallel", **kwargs}
+    return ModelConfig(embedding_dim=8, interaction="dcnv2", interaction_kwargs={"dcnv2": dcnv2})
+
+
+@pytest.fixture(scope="module")
+def dcnv2_export(exported, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DCN-v2 export of the same features: 3 full cross layers over N = T·D = 6·8 = 48, non-zero biases."""
+    _, features = exported
+    fmap = FeatureMap.load(exported[0])
+    torch.manual_seed(1)
+    model = RankerTrain(build_ranker(fmap, _dcnv2_config()))
+    with torch.no_grad():  # torchrec initialises cross biases to zero: make them matter to the exactness tests
+        for name, p in model.named_parameters():
+            if "cross.bias" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return _save_export(model, fmap, features, _dcnv2_config(), tmp_path_factory.mktemp("dcnv2") / "export")
 
 
 def _batch(features: Path, export_dir: Path, n: int = 64):
@@ -169,12 +201,13 @@ _SERVE_SCRIPT = textwrap.dedent(
     """
     import sys
 
+    TRAINING_CODE = ("ranker", "features", "pipelines", "vision_towers")
     allowed = sys.argv[4:]  # what serving.json "requires" (fbgemm_gpu for quantised tables)
 
     class Block:
         def find_spec(self, name, path=None, target=None):
             top = name.split(".")[0]
-            if top in ("ranker", "features", "pipelines", "torchrec", "fbgemm_gpu") and top not in allowed:
+            if top in TRAINING_CODE + ("torchrec", "fbgemm_gpu") and top not in allowed:
                 raise ImportError(f"blocked import of {name} in the serving process")
             return None
 
@@ -187,27 +220,32 @@ _SERVE_SCRIPT = textwrap.dedent(
 
     data = np.load(sys.argv[2])
     module = torch.export.load(sys.argv[1]).module()
+    names = ["dense", "values", "lengths"] + (["image_index"] if "image_index" in data else [])
     with torch.no_grad():
-        out = module(torch.from_numpy(data["dense"]), torch.from_numpy(data["values"]),
-                     torch.from_numpy(data["lengths"]))
+        out = module(*(torch.from_numpy(data[n]) for n in names))
     np.save(sys.argv[3], out.numpy())
-    assert not any(m.split(".")[0] in ("ranker", "features", "torchrec") for m in sys.modules)
+    assert not any(m.split(".")[0] in TRAINING_CODE + ("torchrec",) for m in sys.modules)
     """
 )
 
 
-def _check_served(out: Path, features: Path, tmp_path: Path, sizes: tuple[int, ...], atol: float = 1e-5) -> None:
-    """Scores of ``out/serve/model.pt2`` in a fresh torch-only process equal ``load_exported(out)``'s."""
+def _check_served(
+    out: Path, features: Path, tmp_path: Path, sizes: tuple[int, ...], atol: float = 1e-5
+) -> dict[int, np.ndarray]:
+    """Scores of ``out/serve/model.pt2`` in a fresh torch-only process (no training code) equal
+    ``load_exported(out)``'s on the first n test rows, for each n of ``sizes``; returns them by n."""
     model = load_exported(out)
     requires = json.loads((out / "serve" / "serving.json").read_text()).get("requires", [])
     script = tmp_path / "serve.py"
     script.write_text(_SERVE_SCRIPT)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    served = {}
     for n in sizes:
         batch = _batch(features, out, n)
         kjt = batch.sparse
+        images = {"image_index": batch.image_index.numpy()} if model.vision_arch is not None else {}
         np.savez(tmp_path / "in.npz", dense=batch.dense.numpy(), values=kjt.values().numpy(),
-                 lengths=kjt.lengths().numpy())  # fmt: skip
+                 lengths=kjt.lengths().numpy(), **images)  # fmt: skip
         # -I: isolated mode, no cwd (the repository) on sys.path, no user site; the meta-path blocker does the rest.
         run = subprocess.run(
             [sys.executable, "-I", str(script), str(out / "serve" / "model.pt2"), str(tmp_path / "in.npz"),
@@ -217,7 +255,9 @@ def _check_served(out: Path, features: Path, tmp_path: Path, sizes: tuple[int, .
         assert run.returncode == 0, run.stderr[-3000:]
         with torch.no_grad():
             expected = model(batch).numpy()
-        np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, rtol=0, atol=atol)
+        served[n] = np.load(tmp_path / "out.npy")
+        np.testing.assert_allclose(served[n], expected, rtol=0, atol=atol)
+    return served
 
 
 def test_served_program_loads_without_training_code(exported, tmp_path: Path) -> None:
@@ -230,19 +270,112 @@ def test_served_program_loads_without_training_code(exported, tmp_path: Path) ->
     _check_served(out, features, tmp_path, (2, 7, 64))
 
 
-def test_every_variant_serves_in_a_fresh_process(exported, tmp_path: Path) -> None:
-    """bf16 dense part (Hiformer) and an uncompressed DCN-v2: both serve from a torch-only process."""
+def test_every_variant_serves_in_a_fresh_process(exported, dcnv2_export, tmp_path: Path) -> None:
+    """bf16 dense part (Hiformer) and a low-rank-cross, fine-tuned DCN-v2: both serve from a torch-only process."""
     export_dir, features = exported
     compress_export(export_dir, CompressConfig(dense_dtype="bfloat16"), tmp_path / "bf16")
     _check_served(tmp_path / "bf16", features, tmp_path, (9,))
+    ft = FinetuneConfig(features=str(features), steps=4, batch_size=64)
+    manifest = compress_export(
+        dcnv2_export, CompressConfig(low_rank=LowRankConfig(energy=0.9), finetune=ft), tmp_path / "dcn"
+    )
+    assert manifest["results"]["applied"]["finetune"]["steps"] == 4
+    assert manifest["results"]["applied"]["low_rank"]["ranks"]["low_rank"] < 48
+    _check_served(tmp_path / "dcn", features, tmp_path, (9,))
+
+
+def _numpy_truncation(
+    kernel: np.ndarray, energy: float | None = None, rank: int | None = None
+) -> tuple[int, np.ndarray]:
+    """(rank, rank-r truncated SVD) of ``kernel`` by numpy: the least r keeping ``energy`` of sum(s²), or ``rank``."""
+    u, s, vt = np.linalg.svd(kernel.astype(np.float64))
+    if rank is None:
+        rank = int(np.argmax(np.cumsum(s**2) / np.sum(s**2) >= energy)) + 1
+    return rank, (u[:, :rank] * s[:rank]) @ vt[:rank]
+
+
+def test_dcnv2_low_rank_cross_exact_at_full_rank(exported, dcnv2_export, tmp_path: Path) -> None:
+    _, features = exported
+    batch = _batch(features, dcnv2_export)
+    compress_export(dcnv2_export, CompressConfig(low_rank=LowRankConfig(rank=48), serve=NO_SERVE), tmp_path / "full")
+    kwargs = json.loads((tmp_path / "full" / "model_config.json").read_text())["interaction_kwargs"]["dcnv2"]
+    assert kwargs == {"hidden": [16], "structure": "parallel", "low_rank": 48}
+    exact = load_exported(tmp_path / "full")
+    assert type(exact.interaction.cross).__name__ == "LowRankCrossNet"
+    with torch.no_grad():
+        torch.testing.assert_close(exact(batch), load_exported(dcnv2_export)(batch), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("energy", "budget"), [(0.8, None), (0.99, 4)])
+def test_dcnv2_low_rank_cross_equals_numpy_truncated_svd(exported, dcnv2_export, tmp_path, energy, budget) -> None:
+    """The rank (the largest any layer needs for ``energy``, or the budget), each layer's U V and the model's
+    outputs all equal a reference built from numpy's SVD of the trained kernels."""
+    _, features = exported
+    out = tmp_path / "lr"
+    compress_export(
+        dcnv2_export, CompressConfig(low_rank=LowRankConfig(energy=energy, rank=budget), serve=NO_SERVE), out
+    )
+    reference = load_exported(dcnv2_export)
+    kernels = [k.detach().numpy() for k in reference.interaction.cross.kernels]
+    rank = budget or max(_numpy_truncation(k, energy)[0] for k in kernels)
+    applied = json.loads((out / "compression.json").read_text())["applied"]["low_rank"]
+    assert applied["ranks"] == {"low_rank": rank} and rank < 48
+    assert all(layer["energy_kept"] >= (energy if budget is None else 0) - 1e-9 for layer in applied["layers"].values())
+    model = load_exported(out)
+    cross = model.interaction.cross
+    with torch.no_grad():
+        for i, kernel in enumerate(kernels):
+            truncated = _numpy_truncation(kernel, rank=rank)[1]
+            np.testing.assert_allclose((cross.W_kernels[i] @ cross.V_kernels[i]).numpy(), truncated, atol=1e-5)
+            reference.interaction.cross.kernels[i].copy_(torch.from_numpy(truncated))
+        batch = _batch(features, dcnv2_export)
+        torch.testing.assert_close(model(batch), reference(batch), rtol=0, atol=1e-5)
+    if budget is not None:  # 2·N·r < N² weights per layer
+        assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in reference.parameters())
+
+
+def test_dcnv2_trained_low_rank_is_refactorised_at_most_at_its_rank(exported) -> None:
+    """A model trained with ``low_rank: 10`` (torchrec's LowRankCrossNet): SVD of U V, the rank capped at 10."""
+    export_dir, features = exported
     fmap = FeatureMap.load(export_dir)
-    cfg = ModelConfig(embedding_dim=8, interaction="dcnv2", interaction_kwargs={"dcnv2": {"hidden": [16]}})
-    torch.manual_seed(1)
-    model = RankerTrain(build_ranker(fmap, cfg))
-    dcp.save({"model": model.state_dict()}, checkpoint_id=str(tmp_path / "ckpt"), no_dist=True)
-    export_checkpoint(tmp_path / "ckpt", fmap, features, cfg, {}, tmp_path / "dcn")
-    compress_export(tmp_path / "dcn", CompressConfig(), tmp_path / "dcn-served")
-    _check_served(tmp_path / "dcn-served", features, tmp_path, (9,))
+    cfg = _dcnv2_config(low_rank=10)
+    torch.manual_seed(2)
+    model = build_ranker(fmap, cfg).eval()
+    batch = _batch(features, export_dir)
+    compressed, new_cfg, applied = compress_model(
+        model, cfg, CompressConfig(low_rank=LowRankConfig(rank=20)), lambda c: build_ranker(fmap, c)
+    )
+    assert new_cfg.chosen_kwargs()["low_rank"] == 10
+    assert {layer["current_rank"] for layer in applied["low_rank"]["layers"].values()} == {10}
+    with torch.no_grad():
+        torch.testing.assert_close(compressed(batch), model(batch), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("interaction", "cfg", "key"),
+    [
+        ("dlrm", CompressConfig(low_rank=LowRankConfig()), "low_rank"),
+        ("transformer", CompressConfig(low_rank=LowRankConfig()), "low_rank"),
+        ("dcnv2", CompressConfig(prune_last=True), "prune_last"),
+        ("dlrm", CompressConfig(prune=PruneConfig(features="f", heads=1)), "prune"),
+        ("dcnv2", CompressConfig(low_rank=LowRankConfig(rank_v=4)), "low_rank.rank_v"),
+        ("hiformer", CompressConfig(low_rank=LowRankConfig(rank=4)), "low_rank.rank"),
+    ],
+)
+def test_options_that_do_not_apply_name_the_key_and_the_model(interaction, cfg, key) -> None:
+    with pytest.raises(ValueError, match=rf"^compress: {re.escape(key)} does not apply to a '{interaction}' model"):
+        check_applies(cfg, interaction)
+
+
+def test_cli_refuses_an_option_the_model_lacks_in_one_line(dcnv2_export, tmp_path: Path, capsys) -> None:
+    from pipelines.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"low_rank": {"rank_k": 4}, "tracking": False}))
+    assert main(["compress", "--model", str(dcnv2_export), "--config", str(config), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err == "ranker: error: compress: low_rank.rank_k does not apply to a 'dcnv2' model, only to hiformer\n"
+    assert not (tmp_path / "o").exists()
 
 
 def test_scorer_equals_batch_scoring(exported) -> None:
@@ -414,8 +547,6 @@ def test_importance_finds_a_dead_head(exported) -> None:
 
 
 def test_pruned_and_finetuned_export_loads_and_serves(exported, tmp_path: Path) -> None:
-    from ranker.compress import PruneConfig
-
     export_dir, features = exported
     cfg = CompressConfig(
         prune=PruneConfig(features=str(features), heads=1, ffn_hidden=8, batches=2, batch_size=64),
@@ -429,3 +560,48 @@ def test_pruned_and_finetuned_export_loads_and_serves(exported, tmp_path: Path) 
     kwargs = json.loads((out / "model_config.json").read_text())["interaction_kwargs"]["hiformer"]
     assert (kwargs["num_heads"], kwargs["ffn_hidden"], kwargs["head_dim"]) == (1, 8, 4)  # d_k = 8 / 2 kept
     _check_served(out, features, tmp_path, (5,))  # loads (load_exported) and serves in a fresh process
+
+
+def test_frozen_tower_served_program_holds_item_embeddings_never_photos_or_tower(tmp_path: Path) -> None:
+    """A frozen image tower's served program: the catalogue embeddings are in it, the tower and the photos are not;
+    it scores in a process that cannot import the training code (nor vision_towers), equal to the training-side
+    model and to a model that runs the tower itself on the photos."""
+    from dataclasses import replace
+
+    from features.images import load_images
+    from ranker.build import VisionConfig
+    from tests.helpers import build_tiny_export
+    from vision_towers import create_tower
+    from vision_towers.pretrain import save_checkpoint
+
+    torch.manual_seed(5)
+    overrides = {"depths": [1, 1, 1, 1]}
+    tower = create_tower("convformer_fm", num_classes=0, **overrides).eval()
+    save_checkpoint(tower, "convformer_fm", tmp_path / "tower.pt", overrides)
+    vision = VisionConfig(tower="convformer_fm", frozen=True, pretrained=str(tmp_path / "tower.pt"), tokens=2)
+    export_dir, features = build_tiny_export(tmp_path / "tiny", vision)
+    out = tmp_path / "served"
+    compress_export(export_dir, CompressConfig(tracking=False), out)
+
+    program = torch.export.load(out / "serve" / "model.pt2")
+    tensors = {**program.state_dict, **program.constants}
+    photos = np.asarray(load_images(features))
+    assert not any("tower" in name for name in tensors)
+    tower_shapes = {tuple(p.shape) for p in tower.parameters() if p.dim() > 1}
+    assert not tower_shapes & {tuple(t.shape) for t in tensors.values()}
+    assert not any(t.dtype == torch.uint8 or photos.shape[-2:] == tuple(t.shape[-2:]) for t in tensors.values())
+    table = np.load(export_dir / "item_embeddings.npy")
+    np.testing.assert_array_equal(tensors["model.vision_arch.item_embeddings"].numpy(), table)
+    tower_bytes = sum(p.numel() * p.element_size() for p in tower.parameters())
+    assert 5 * (out / "serve" / "model.pt2").stat().st_size < tower_bytes + photos.nbytes
+
+    served = _check_served(out, features, tmp_path, (40,))  # == load_exported(out), the training-side model
+    batch = _batch(features, out, 40)
+    assert (batch.image_index >= 0).all()  # every item of the tiny data has a photo in the catalogue: all warm
+    # Independent reference: the same weights with the tower run on each batch's photos (a fine-tuned-tower model).
+    cfg = from_dict(ModelConfig, json.loads((out / "model_config.json").read_text()))
+    live = build_ranker(FeatureMap.load(out), replace(cfg, vision=replace(vision, frozen=False)), photos).eval()
+    missing, unexpected = live.load_state_dict(load_exported(out).state_dict(), strict=False)
+    assert not unexpected and missing and all(name.startswith("vision_arch.tower.") for name in missing)
+    with torch.no_grad():
+        np.testing.assert_allclose(served[40], live(batch).numpy(), rtol=0, atol=1e-5)
