@@ -240,6 +240,15 @@ def _where(path: Path, key: str) -> str:
     return f"{path}: {key}:"
 
 
+@contextlib.contextmanager
+def _section(path: Path, key: str) -> Iterator[None]:
+    """Prefixes an error of a config that section ``key`` of the pipeline ``path`` references with both."""
+    try:
+        yield
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {key}: {err}") from err
+
+
 def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> Job:
     """Loads and checks the pipeline config and every config it references; raises ``ConfigError`` (one line)."""
     from pipelines.compress import load_compress_config
@@ -255,8 +264,9 @@ def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> Job:
             raise ConfigError(f"{_where(path, 'data.out')} only for a built-in dataset; your schema names its files")
         load_schema(cfg.data.schema)  # its errors name the schema file and key
     features = Path(cfg.features.out) if cfg.features.out else work / "features"
-    train_set = _flat(cfg.train.set) | {"features": str(features), "out_dir": str(work / "train")}
-    train = load_config(cfg.train.config, train_set)
+    with _section(path, "train"):
+        train_set = _flat(cfg.train.set) | {"features": str(features), "out_dir": str(work / "train")}
+        train = load_config(cfg.train.config, train_set)
     if cfg.tower is not None:
         from vision_towers import list_towers
 
@@ -271,18 +281,20 @@ def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> Job:
         train = load_config(cfg.train.config, train_set)
     compress = None
     if cfg.compress is not None:
-        compress_set = _flat(cfg.compress.set)
-        compress = load_compress_config(cfg.compress.config, compress_set)
-        for part in ("prune", "finetune"):  # fine-tune and prune on the pipeline's features
-            if getattr(compress, part) is not None:
-                compress_set[f"{part}.features"] = str(features)
-        compress = load_compress_config(cfg.compress.config, compress_set)
+        with _section(path, "compress"):
+            compress_set = _flat(cfg.compress.set)
+            compress = load_compress_config(cfg.compress.config, compress_set)
+            for part in ("prune", "finetune"):  # fine-tune and prune on the pipeline's features
+                if getattr(compress, part) is not None:
+                    compress_set[f"{part}.features"] = str(features)
+            compress = load_compress_config(cfg.compress.config, compress_set)
     promote_set = _flat(cfg.promote.set) | {
         "holdout.schema": str(work / "promote" / "holdout.yaml"),
         "holdout.split": cfg.promote.holdout_split,
         "report_dir": str(work / "promote" / "gates"),
     }
-    gate = load_promote_config(cfg.promote.config or None, promote_set)
+    with _section(path, "promote"):
+        gate = load_promote_config(cfg.promote.config or None, promote_set)
     return Job(
         cfg, path, work, data, features, _as_set_args(train_set), train, compress, promote_set, gate
     )  # fmt: skip
