@@ -1,9 +1,9 @@
 """``ranker run``: the main job on configs/pipeline/tiny.yaml, run as a user would (the CLI in a subprocess).
 
-One job goes through a crash, a resume and a re-run (module fixture ``job``): the first run is killed in training
-by the ``RANKER_FAULT`` hook (a real SIGKILL of the rank after step 15, with the checkpoint of step 10 written), the
-second continues from that checkpoint and finishes every step, the third finds nothing to do. The tests read what
-each run printed and left behind: manifests, file times, registry versions.
+Module fixture ``job``: a full run, then a re-run that finds nothing to do. ``crashed`` (slow): a run killed in
+training by the ``RANKER_FAULT`` hook (a real SIGKILL of the rank after step 15, with the checkpoint of step 10
+written), then a run that continues from that checkpoint. The tests read what each run printed and left behind:
+manifests, file times, registry versions.
 """
 
 from __future__ import annotations
@@ -53,14 +53,20 @@ def _stamps(work: Path) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("run")
-    crashed = _run(root, env={FAULT_ENV: "kill:0:15"})
-    features = root / "data" / "features" / steps.MANIFEST
-    features_mtime = features.stat().st_mtime_ns if features.exists() else None
-    resumed = _run(root)
+    first = _run(root)
     before = _stamps(root / "work")
     rerun = _run(root)
-    return {"root": root, "crashed": crashed, "features_mtime": features_mtime, "resumed": resumed,
-            "before": before, "rerun": rerun}  # fmt: skip
+    return {"root": root, "first": first, "before": before, "rerun": rerun}
+
+
+@pytest.fixture(scope="module")
+def crashed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("crash")
+    crash = _run(root, "--until", "train", env={FAULT_ENV: "kill:0:15"})
+    features = root / "data" / "features" / steps.MANIFEST
+    features_mtime = features.stat().st_mtime_ns if features.exists() else None
+    resumed = _run(root, "--until", "train")
+    return {"root": root, "crash": crash, "features_mtime": features_mtime, "resumed": resumed}
 
 
 def _status(out: str) -> dict[str, str]:
@@ -69,39 +75,47 @@ def _status(out: str) -> dict[str, str]:
     return {line.split(" ... ")[0]: line.split(" ... ")[1] for line in lines}
 
 
-def test_a_crash_in_training_stops_the_job_with_one_line(job) -> None:
-    crashed = job["crashed"]
-    assert crashed.returncode == 2, crashed.stdout + crashed.stderr
-    status = _status(crashed.stdout)
-    assert status["data"].startswith("done") and status["features"].startswith("done")
-    assert status["train"].startswith("failed") and "train.log" in status["train"]
-    assert list(status) == ["data", "features", "train"]  # nothing after the failed step ran
-    errors = [line for line in crashed.stderr.splitlines() if line.startswith("ranker: error:")]
-    assert len(errors) == 1 and "rank 0 was killed by SIGKILL" in errors[0], crashed.stderr
-    assert "Traceback" not in crashed.stderr
-
-
-def test_the_next_run_resumes_training_and_keeps_the_finished_steps(job) -> None:
-    resumed = job["resumed"]
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    status = _status(resumed.stdout)
+def test_a_full_run_does_every_step_and_leaves_a_manifest_each(job) -> None:
+    first = job["first"]
+    assert first.returncode == 0, first.stdout + first.stderr
+    status = _status(first.stdout)
     assert list(status) == list(STEP_NAMES)
-    assert status["data"] == status["features"] == "skipped (unchanged)"
-    assert all(status[s].startswith("done") for s in STEP_NAMES[2:]), status
-    features = job["root"] / "data" / "features" / steps.MANIFEST
-    assert features.stat().st_mtime_ns == job["features_mtime"]
-    log = (job["root"] / "work" / "logs" / "train.log").read_text()
-    assert "resuming configs/demo/movielens.yaml" in log and "resume from step 10" in log
-    train = steps.read_manifest(job["root"] / "work" / "train")
-    assert train is not None and train["results"]["resumed"] is True
-    assert not (job["root"] / "work" / "train" / "pending.json").exists()
-    for step in ("train", "evaluate", "compress", "register", "promote", "score"):
+    assert all(status[s].startswith("done in") for s in STEP_NAMES), status
+    assert "[3/8] train ... done in" in first.stdout
+    for step in STEP_NAMES[2:]:
         manifest = steps.read_manifest(job["root"] / "work" / step)
         assert manifest is not None and manifest["step"] == step
+    assert not (job["root"] / "work" / "train" / "pending.json").exists()
+
+
+@pytest.mark.slow
+def test_a_crash_in_training_is_one_line_and_the_next_run_resumes(crashed) -> None:
+    crash = crashed["crash"]
+    assert crash.returncode == 2, crash.stdout + crash.stderr
+    status = _status(crash.stdout)
+    assert list(status) == ["data", "features", "train"]
+    assert status["data"].startswith("done") and status["features"].startswith("done")
+    assert status["train"].startswith("failed") and "train.log" in status["train"]
+    errors = [line for line in crash.stderr.splitlines() if line.startswith("ranker: error:")]
+    assert len(errors) == 1 and "rank 0 was killed by SIGKILL" in errors[0], crash.stderr
+    assert "Traceback" not in crash.stderr
+
+    resumed = crashed["resumed"]
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    status = _status(resumed.stdout)
+    assert status == {"data": "skipped (unchanged)", "features": "skipped (unchanged)"} | {"train": status["train"]}
+    assert status["train"].startswith("done in")
+    features = crashed["root"] / "data" / "features" / steps.MANIFEST
+    assert features.stat().st_mtime_ns == crashed["features_mtime"]
+    log = (crashed["root"] / "work" / "logs" / "train.log").read_text()
+    assert "resuming configs/demo/movielens.yaml" in log and "resume from step 10" in log
+    train = steps.read_manifest(crashed["root"] / "work" / "train")
+    assert train is not None and train["results"]["resumed"] is True
+    assert not (crashed["root"] / "work" / "train" / "pending.json").exists()
 
 
 def test_the_summary_gives_metrics_compression_and_the_gate_decision_with_its_reason(job) -> None:
-    out = job["resumed"].stdout
+    out = job["first"].stdout
     summary = json.loads((job["root"] / "work" / "summary.json").read_text())
     auc = summary["metrics"]["like"]["auc"]
     assert 0.5 < auc < 1 and f"AUC {auc:.4f}" in out
@@ -137,11 +151,15 @@ def test_a_rerun_skips_every_step_and_registers_nothing(job, monkeypatch) -> Non
 
 
 def test_from_and_until_run_part_of_the_job(job) -> None:
-    out = _run(job["root"], "--from", "evaluate", "--until", "evaluate", "--force")
+    out = _run(job["root"], "--from", "promote", "--until", "score", "--force")
     assert out.returncode == 0, out.stdout + out.stderr
     status = _status(out.stdout)
-    assert list(status) == ["evaluate"] and status["evaluate"].startswith("done")
-    assert "[4/8] evaluate" in out.stdout
+    assert list(status) == ["promote", "score"] and all(s.startswith("done") for s in status.values())
+    assert "[7/8] promote" in out.stdout
+    summary = json.loads((job["root"] / "work" / "summary.json").read_text())
+    first, second = summary["registry"]["decisions"]
+    if summary["registry"]["champion"] == first["version"]:  # the compressed model was rejected: v1 stays champion
+        assert first["decision"] == "no change" and second["decision"] == "rejected"
 
 
 def test_from_a_step_whose_inputs_are_missing_is_one_line(tmp_path: Path, capsys) -> None:
