@@ -282,8 +282,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _add_run_parser(sub: Any) -> None:
-    from pipelines.run import STEPS
-
+    steps = "data, features, tower, train, evaluate, compress, register, promote, score"
     p = sub.add_parser(
         "run",
         help="the main job: data -> features -> train -> evaluate -> compress -> register -> promote -> score",
@@ -291,8 +290,10 @@ def _add_run_parser(sub: Any) -> None:
         "steps whose inputs and config are unchanged; an interrupted job continues where it stopped.",
     )
     p.add_argument("pipeline", type=Path, help="pipeline config YAML (see configs/pipeline/)")
-    p.add_argument("--from", dest="start", choices=STEPS, help="start at this step (earlier ones must have run)")
-    p.add_argument("--until", choices=STEPS, help="stop after this step")
+    p.add_argument(
+        "--from", dest="start", metavar="STEP", help=f"start at this step ({steps}); earlier ones must have run"
+    )
+    p.add_argument("--until", metavar="STEP", help="stop after this step")
     p.add_argument("--force", action="store_true", help="re-run the selected steps even if unchanged")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a pipeline key, e.g. train.nproc=1"

@@ -209,7 +209,6 @@ class Job:
     train_args: list[str]  # --set arguments of the training run
     train: Any  # TrainConfig
     compress: Any  # CompressConfig | None
-    promote_overrides: dict[str, Any]
     gate: Any  # PromoteConfig, with the pipeline's holdout and report folder
 
     def folder(self, step: str) -> Path:
@@ -295,9 +294,7 @@ def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> Job:
     }
     with _section(path, "promote"):
         gate = load_promote_config(cfg.promote.config or None, promote_set)
-    return Job(
-        cfg, path, work, data, features, _as_set_args(train_set), train, compress, promote_set, gate
-    )  # fmt: skip
+    return Job(cfg, path, work, data, features, _as_set_args(train_set), train, compress, gate)
 
 
 # -- Steps ------------------------------------------------------------------------------------------------------------
@@ -397,22 +394,13 @@ def _step_train(job: Job, force: bool) -> bool:
     return True
 
 
-def _eval_config(job: Job) -> M.EvalConfig:
-    return job.cfg.evaluate.metrics
-
-
 def _step_evaluate(job: Job, force: bool) -> bool:
     from pipelines.evaluate import evaluate_model
 
     split, out = job.cfg.evaluate.split, job.work / "evaluate"
-    return _changed(out, lambda: evaluate_model(job.trained_export, job.features, out, split, _eval_config(job), force))
-
-
-def _parameters(export_dir: Path) -> int:
-    from ranker.compress import count_parameters
-    from ranker.export import load_exported
-
-    return count_parameters(load_exported(export_dir))
+    return _changed(
+        out, lambda: evaluate_model(job.trained_export, job.features, out, split, job.cfg.evaluate.metrics, force)
+    )
 
 
 def _headline(manifest: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -435,11 +423,16 @@ def _step_compress(job: Job, force: bool) -> bool:
     started = time.time()
     compressed = compress_export(job.trained_export, job.compress, job.compressed_export, force)["results"]
     split = job.cfg.evaluate.split
-    evaluated = evaluate_model(job.compressed_export, job.features, folder / "eval", split, _eval_config(job), force)
+    evaluated = evaluate_model(
+        job.compressed_export, job.features, folder / "eval", split, job.cfg.evaluate.metrics, force
+    )
     before = _headline(steps.read_manifest(job.work / "evaluate"))
     after = _headline(evaluated)
     table = {
-        "trained": {"model_bytes": compressed["source_model_bytes"], "parameters": _parameters(job.trained_export)},
+        "trained": {
+            "model_bytes": compressed["source_model_bytes"],
+            "parameters": compressed["applied"]["parameters_before"],
+        },
         "compressed": {"model_bytes": compressed["model_bytes"], "parameters": compressed["parameters"]},
     }
     for task in after:
