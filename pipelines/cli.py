@@ -9,6 +9,7 @@ Typical session::
     ranker evaluate --model runs/movielens-hiformer/export --features data/features/movielens-100k
     ranker compress --model runs/movielens-hiformer/export --config configs/compress/hiformer.yaml --out runs/m-c
     ranker score --model runs/movielens-hiformer/export --input 'new/*.parquet' --out runs/scores
+    ranker run configs/pipeline/demo-movielens.yaml   # every step, raw data to a promoted model and scores
     ranker demo                                 # the whole default job (what `make demo` runs)
 
 Every step writes an output directory with a ``manifest.json`` and is skipped when its inputs have not changed
@@ -301,6 +302,38 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pipelines.run import run_from_cli
+
+    try:
+        run_from_cli(args.pipeline, args.set, args.start, args.until, args.force, args.verbose)
+    except KeyboardInterrupt:
+        print(f"ranker: interrupted; finished steps are kept: `ranker run {args.pipeline}` continues", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _add_run_parser(sub: Any) -> None:
+    steps = "data, features, tower, train, evaluate, compress, register, promote, score"
+    p = sub.add_parser(
+        "run",
+        help="the main job: data -> features -> train -> evaluate -> compress -> register -> promote -> score",
+        description="Runs every step of PIPELINE.yaml (see configs/pipeline/ and docs/pipeline.md), skipping the "
+        "steps whose inputs and config are unchanged; an interrupted job continues where it stopped.",
+    )
+    p.add_argument("pipeline", type=Path, help="pipeline config YAML (see configs/pipeline/)")
+    p.add_argument(
+        "--from", dest="start", metavar="STEP", help=f"start at this step ({steps}); earlier ones must have run"
+    )
+    p.add_argument("--until", metavar="STEP", help="stop after this step")
+    p.add_argument("--force", action="store_true", help="re-run the selected steps even if unchanged")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a pipeline key, e.g. train.nproc=1"
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="show the steps' output instead of logging it")
+    p.set_defaults(func=_cmd_run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ranker",
@@ -456,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs go (default %(default)s)")
     p.set_defaults(func=_cmd_demo)
     _add_sweep_parser(sub)
+    _add_run_parser(sub)
     return parser
 
 

@@ -31,6 +31,15 @@ from urllib.parse import urlsplit, urlunsplit
 import mlflow
 import pandas as pd
 
+# MLflow's INFO lines (a model version created, the SQLite store's schema migrations) and the artifact download
+# progress bar (log_model downloads the model again to check its input example) tell a user nothing to act on;
+# MLflow's warnings still show. Set in the environment too, so the processes a job starts inherit it; a value the
+# user set wins.
+if "MLFLOW_LOGGING_LEVEL" not in os.environ:
+    os.environ["MLFLOW_LOGGING_LEVEL"] = "WARNING"
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 _MAX_PARAM = 500
 # 3 attempts of at most 4 s each, with 0 s and 2 s (+ up to 1 s jitter) between them: a server that accepts and
 # never answers is given up after about 15 s, a refused connection after about 3 s. MLflow's requests are small
@@ -291,7 +300,6 @@ def download_export(uri: str, dst: Path) -> tuple[Path, dict[str, str]]:
     if match is None:
         raise ValueError(f"--model {uri}: expected models:/NAME@ALIAS, models:/NAME/VERSION or models:/m-<id>")
     bound_retries()
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(tracking_uri())
     name, alias, version = match["name"], match["alias"], match["version"]
     info = {"requested": uri, "uri": uri, "name": name, "version": version or ""}
@@ -448,6 +456,15 @@ def register(model_uri: str, name: str, tags: dict[str, str]) -> int:
     """Registers ``model_uri`` under ``name`` (created on first use); returns the new version number."""
     version = mlflow.register_model(model_uri, name, tags=tags)
     return int(version.version)
+
+
+def version_exists(name: str, version: int) -> bool:
+    """Whether version ``version`` of the registered model ``name`` exists in the current store."""
+    try:
+        mlflow.MlflowClient().get_model_version(name, str(version))
+    except mlflow.exceptions.MlflowException:
+        return False
+    return True
 
 
 def aliases(name: str) -> dict[str, int]:

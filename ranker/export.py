@@ -96,11 +96,16 @@ def export_checkpoint(
     return out_dir
 
 
-def export_digest(export_dir: str | Path) -> str:
-    """SHA-256 (16 hex digits) of every file's relative path and bytes: the same model wherever the folder lies."""
+def export_digest(export_dir: str | Path, exclude: tuple[str, ...] = ()) -> str:
+    """SHA-256 (16 hex digits) of every file's relative path and bytes: the same model wherever the folder lies.
+
+    ``exclude``: top-level file names left out (a step manifest that records where the model was logged).
+    """
     export_dir = Path(export_dir)
     h = hashlib.sha256()
-    for path in sorted(p for p in export_dir.rglob("*") if p.is_file()):
+    for path in sorted(
+        p for p in export_dir.rglob("*") if p.is_file() and p.relative_to(export_dir).as_posix() not in exclude
+    ):
         h.update(f"{path.relative_to(export_dir)}\0".encode())
         with path.open("rb") as f:
             while chunk := f.read(1 << 20):
