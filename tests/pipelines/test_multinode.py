@@ -22,6 +22,7 @@ import torch
 
 from pipelines.build_features import build_features
 from pipelines.launch import is_loopback_endpoint, torchrun_command
+from tests import readme
 from tests.helpers import descendants, listening, listening_sockets, tiny_train_config, write_tiny_dataset
 from tests.mlflow_server import free_port
 
@@ -33,6 +34,18 @@ RTOL, ATOL = 1e-4, 1e-6
 
 def _train(config: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "pipelines.cli", "train", "--config", str(config), *args]
+
+
+def _readme_node_command(config: Path, endpoint: str) -> list[str]:
+    """The README's multi-node command in its test-sized form: the tiny config, the endpoint on 127.0.0.1.
+
+    Its ``--local-addr`` (the first machine's address) stays: with a loopback endpoint the job stays on loopback.
+    """
+    (command,) = readme.commands("Several machines and GPUs")
+    assert command[:1] == ["train"] and command[command.index("--nnodes") + 1] == "2", command
+    assert command[command.index("--nproc") + 1] == "1", command
+    swap = {"--config": str(config), "--rdzv-endpoint": endpoint}
+    return [swap.get(command[i - 1], arg) if i else arg for i, arg in enumerate(command)]
 
 
 def _kill_unfinished(nodes: list[subprocess.Popen]) -> None:
@@ -91,8 +104,8 @@ def test_two_nodes_train_what_two_processes_train(tmp_path: Path) -> None:
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     port, marker = free_port(), tmp_path / "go"  # rank 1 pauses after step 2 until the marker exists
-    node_args = ["--nnodes", "2", "--nproc", "1", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "test"]
-    command = _train(tiny_train_config(tmp_path, features, "two-nodes", epochs=1, seed=3), *node_args)
+    config = tiny_train_config(tmp_path, features, "two-nodes", epochs=1, seed=3)
+    command = [sys.executable, "-m", "pipelines.cli", *_readme_node_command(config, f"127.0.0.1:{port}")]
     logs = [tmp_path / f"node{i}.log" for i in range(2)]
     with contextlib.ExitStack() as stack:
         nodes = [

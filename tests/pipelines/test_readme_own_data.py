@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import readme
 from tests.helpers import write_raw_tables
 
 pytestmark = pytest.mark.e2e
@@ -22,16 +22,9 @@ TRAIN_OVERRIDES = ["--set", "max_steps=12", "--set", "eval_every=6", "--set", "t
 
 def _walkthrough() -> tuple[dict[str, str], list[str]]:
     """Files (by the path in their first comment line) and the ``ranker`` commands of the README section."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Your own data", 1)[1].split("\n## ", 1)[0]
-    files, commands = {}, []
-    for lang, body in re.findall(r"```(\w+)\n(.*?)```", section, flags=re.S):
-        first = body.splitlines()[0]
-        if lang == "yaml" and first.startswith("# shop/"):
-            files[first.removeprefix("# ")] = body
-        if lang == "bash":
-            commands += [line for line in body.splitlines() if line.startswith("ranker ")]
-    return files, commands
+    yaml_files = [body for body in readme.blocks("From raw tables, end to end", "yaml") if body.startswith("# shop/")]
+    files = {body.splitlines()[0].removeprefix("# "): body for body in yaml_files}
+    return files, [shlex.join(["ranker", *argv]) for argv in readme.commands("From raw tables, end to end")]
 
 
 def test_readme_raw_tables_walkthrough(tmp_path: Path) -> None:

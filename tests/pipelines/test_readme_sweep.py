@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shlex
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from pipelines import cli
 from pipelines.build_features import build_features
 from pipelines.data import build_dataset
 from pipelines.sweep import load_sweep, trial_list
+from tests import readme
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).parents[2]
@@ -20,10 +20,7 @@ SWEEP_OVERRIDES = ["--set", "trials=2", "--set", "fixed.max_steps=6", "--set", "
 
 
 def _commands() -> list[list[str]]:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("\n## Sweeps\n", 1)[1].split("\n## ", 1)[0]
-    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
-    return [shlex.split(line, comments=True)[1:] for line in block.splitlines() if line.startswith("ranker ")]
+    return readme.commands("Sweeps")
 
 
 @pytest.fixture

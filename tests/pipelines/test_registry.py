@@ -12,7 +12,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import shlex
 import subprocess
 import sys
 import threading
@@ -34,6 +33,7 @@ from pipelines.cli import main
 from pipelines.evaluate import evaluate_model
 from pipelines.metrics import EvalConfig
 from ranker.predict import Predictor
+from tests import readme
 from tests.helpers import build_tiny_export, listening_sockets, make_frame, variant_export
 from tests.mlflow_server import CLIENT_ENV, model_server
 
@@ -389,17 +389,16 @@ def test_models_serve_answers_like_evaluate_and_refuses_bad_requests(world, cham
 
 def test_readme_registry_commands(world, registry_env, capsys) -> None:
     """The README's registry commands as written, on the tiny run and holdout instead of the demo's."""
-    section = (ROOT / "README.md").read_text().split("## Registry and promotion", 1)[1].split("\n## ", 1)[0]
-    commands = [shlex.split(line) for line in section.splitlines() if line.startswith("ranker ")]
-    assert [c[1] for c in commands] == ["register", "promote", "rollback"]
-    register, promote, rollback = (c[1:] for c in commands)
+    commands = readme.commands("Registry and promotion")
+    assert [c[0] for c in commands] == ["register", "promote", "rollback"]
+    register, promote, rollback = commands
     run = str(world["base"])
     here = ["--set", f"holdout.schema={world['root'] / 'holdout' / 'schema.yaml'}", "--set", "slices=[]"]
     here += ["--set", "calibration=[0.5, 2.0]", "--set", "n_bootstrap=50"]
     config = str(ROOT / "configs" / "promote" / "default.yaml")
 
     def run_command(args: list[str], *extra: str) -> None:
-        args = [run if a == "runs/demo-movielens" else config if a.startswith("configs/") else a for a in args]
+        args = [run if a == "runs/demo-movielens/train" else config if a.startswith("configs/") else a for a in args]
         assert main([*args, *extra]) == 0, capsys.readouterr().err
 
     for _ in range(2):  # two promotions, so that there is a previous champion to roll back to

@@ -20,6 +20,7 @@ import pytest
 from pipelines import steps
 from pipelines.cli import main
 from pipelines.train import FAULT_ENV
+from tests import readme
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).parents[2]
@@ -36,9 +37,19 @@ def _paths(root: Path) -> list[str]:
     ]
 
 
-def _run(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _readme(i: int) -> list[str]:
+    """The README's i-th `ranker run` command (they run configs/pipeline/tiny.yaml, relative to the checkout)."""
+    commands = readme.commands("The main job: `ranker run`")
+    assert len(commands) == 3 and all(c[:2] == ["run", "configs/pipeline/tiny.yaml"] for c in commands)
+    return commands[i]
+
+
+def _run(
+    root: Path, *args: str, env: dict[str, str] | None = None, command: list[str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``command`` (default: ``run`` of tiny.yaml) with everything the job writes put under ``root``."""
     sets = [item for s in _paths(root) for item in ("--set", s)]
-    cmd = [sys.executable, "-m", "pipelines.cli", "run", str(TINY), *sets, *args]
+    cmd = [sys.executable, "-m", "pipelines.cli", *(command or ["run", str(TINY)]), *sets, *args]
     full = os.environ | {"RANKER_RUNS": str(root / "runs"), "RANKER_LOCK_DIR": str(root / "locks")} | (env or {})
     full.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run(cmd, cwd=ROOT, env=full, capture_output=True, text=True, timeout=1200)
@@ -53,9 +64,9 @@ def _stamps(work: Path) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("run")
-    first = _run(root)
+    first = _run(root, command=_readme(0))
     before = _stamps(root / "work")
-    rerun = _run(root)
+    rerun = _run(root, command=_readme(0))
     return {"root": root, "first": first, "before": before, "rerun": rerun}
 
 
@@ -151,7 +162,10 @@ def test_a_rerun_skips_every_step_and_registers_nothing(job, monkeypatch) -> Non
 
 
 def test_from_and_until_run_part_of_the_job(job) -> None:
-    out = _run(job["root"], "--from", "promote", "--until", "score", "--force")
+    until = _run(job["root"], command=_readme(1))  # --until evaluate: all done already
+    assert until.returncode == 0, until.stdout + until.stderr
+    assert _status(until.stdout) == dict.fromkeys(STEP_NAMES[:4], "skipped (unchanged)")
+    out = _run(job["root"], command=_readme(2))  # --from promote --force
     assert out.returncode == 0, out.stdout + out.stderr
     status = _status(out.stdout)
     assert list(status) == ["promote", "score"] and all(s.startswith("done") for s in status.values())

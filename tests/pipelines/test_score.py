@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shlex
 import shutil
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from pipelines.cli import main
 from pipelines.evaluate import evaluate_model
 from pipelines.metrics import EvalConfig
 from ranker.export import export_digest
+from tests import readme
 from tests.helpers import build_tiny_export
 from tests.helpers_mlflow import register_export
 
@@ -74,13 +74,15 @@ def test_scores_equal_the_evaluation_and_a_rerun_is_skipped(exported, tmp_path: 
 def test_readme_command_with_two_processes_writes_what_one_writes(exported, tmp_path: Path, monkeypatch) -> None:
     """The README's `ranker score ... --nproc 2`, run as written where its paths hold the tiny export and rows."""
     export_dir, inputs, _ = exported
-    readme = (ROOT / "README.md").read_text().split("## Batch scoring", 1)[1].split("\n## ", 1)[0]
-    (command,) = [line for line in readme.splitlines() if line.startswith("ranker ")]
-    shutil.copytree(export_dir, tmp_path / "runs" / "demo-movielens" / "export")
-    shutil.copytree(inputs, tmp_path / "data" / "raw" / "movielens-100k")
+    (command,) = readme.commands("Batch scoring")
+    shutil.copytree(export_dir, tmp_path / "runs" / "demo-movielens" / "train" / "export")
+    source = tmp_path / "data" / "features" / "movielens-100k" / "source"
+    source.mkdir(parents=True)
+    raw = pl.concat([pl.read_parquet(inputs / "a.parquet"), pl.read_parquet(inputs / "b.parquet")])
+    raw.write_parquet(source / "test.parquet", row_group_size=16)
     monkeypatch.chdir(tmp_path)
-    assert main(shlex.split(command)[1:]) == 0
-    out = tmp_path / "runs" / "demo-movielens" / "scores"
+    assert main(command) == 0
+    out = tmp_path / "runs" / "scores"
     assert len(list(out.glob("part-*.parquet"))) == 2
     assert main(["score", "--model", str(export_dir), "--input", str(inputs), "--out", "one", "--nproc", "1"]) == 0
     assert _scores(out).drop("model_uri").equals(_scores(tmp_path / "one").drop("model_uri"))

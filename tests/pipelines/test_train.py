@@ -13,6 +13,7 @@ import yaml
 
 from pipelines.build_features import build_features
 from pipelines.data import build_dataset
+from tests import readme
 from tests.helpers import write_tiny_dataset
 
 pytestmark = [pytest.mark.e2e, pytest.mark.dist]
@@ -78,19 +79,36 @@ def movielens(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "features"
 
 
-def test_readme_command_switches_the_interaction(movielens: Path, tmp_path: Path) -> None:
-    """The README's `ranker train ... --set model.interaction=dcnv2` on the shipped Hiformer config (shortened)."""
-    out = _train(
-        ROOT / "configs" / "train" / "movielens-hiformer.yaml",
-        *("--set", "epochs=5", "--set", "model.interaction=dcnv2"),
-        *("--set", f"features={movielens}", "--set", f"out_dir={tmp_path / 'run'}"),
-        *("--set", "max_steps=20", "--set", "eval_every=10", "--set", "tracking=false"),
-    )
-    saved = json.loads((tmp_path / "run" / "export" / "model_config.json").read_text())
-    assert saved["interaction"] == "dcnv2" and saved["interaction_kwargs"]["dcnv2"] == {"structure": "parallel"}
+def _readme_train(command: list[str], *extra: str, env: dict[str, str] | None = None) -> str:
+    """A README `ranker train` command as written (its config relative to the checkout), then ``extra``."""
+    cmd = [sys.executable, "-m", "pipelines.cli", *command, *extra]
+    run_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=run_env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout
+
+
+def test_readme_training_commands(movielens: Path, tmp_path: Path) -> None:
+    """The README's three `ranker train` commands on the shipped config, shortened to 20 steps.
+
+    The first is stopped right after its checkpoint at step 10 (as an interruption would), the second finishes it
+    with --resume, the third trains DCN-v2 instead of Hiformer on one process.
+    """
+    two, resume, dcnv2 = readme.commands("Training")
+    assert "--resume" in resume and "model.interaction=dcnv2" in dcnv2
+    short = ["--set", "max_steps=20", "--set", "eval_every=5", "--set", "tracking=false"]
+    here = ["--set", f"features={movielens}", "--set", f"out_dir={tmp_path / 'run'}"]
+    _readme_train(two, *here, *short, env={"RANKER_STOP_AT_STEP": "10"})
+    assert not (tmp_path / "run" / "results.json").exists()
+    _readme_train(resume, *here, *short)
     results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["steps"] == 20 and [h["step"] for h in results["history"]] == [5, 10, 15, 20]
+    out = _readme_train(dcnv2, "--set", f"features={movielens}", "--set", f"out_dir={tmp_path / 'dcn'}", *short)
+    saved = json.loads((tmp_path / "dcn" / "export" / "model_config.json").read_text())
+    assert saved["interaction"] == "dcnv2" and saved["interaction_kwargs"]["dcnv2"] == {"structure": "parallel"}
+    results = json.loads((tmp_path / "dcn" / "results.json").read_text())
     assert results["steps"] == 20 and results["test"]["like/auc"] is not None
-    assert "test metrics of the exported model" in out.stdout
+    assert "test metrics of the exported model" in out
 
 
 def test_movielens_trains_to_a_useful_auc(movielens: Path, tmp_path: Path) -> None:
