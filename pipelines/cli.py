@@ -157,7 +157,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
-    from features.strict_yaml import parse_overrides
+    from common.config import parse_overrides
     from pipelines.compress import compress_export, load_compress_config
 
     cfg = load_compress_config(args.config, parse_overrides(args.set))
@@ -200,7 +200,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
 
 
 def _promote_config(args: argparse.Namespace) -> Any:
-    from features.strict_yaml import parse_overrides
+    from common.config import parse_overrides
     from pipelines.registry import load_promote_config
 
     return load_promote_config(args.config, parse_overrides(args.set))
@@ -411,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from features.strict_yaml import parse_overrides
+    from common.config import parse_overrides
     from pipelines.sweep import load_sweep, run_sweep
 
     cfg = load_sweep(args.sweep, parse_overrides(args.set))

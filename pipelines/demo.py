@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from common.config import parse_overrides, to_dict
 from features.processor import FEATURE_MAP
-from features.strict_yaml import parse_overrides, to_dict
 from pipelines.build_features import build_features
 from pipelines.data import build_dataset
 from pipelines.evaluate import evaluate_model

@@ -41,11 +41,11 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.elastic.multiprocessing.errors import record
 from torchrec.optim.keyed import CombinedOptimizer
 
+from common.config import load_yaml, parse_overrides, to_dict
 from features.batch import RankBatch
 from features.images import load_images
 from features.loader import RankLoader
 from features.processor import FEATURE_MAP, FeatureMap, processed_files
-from features.strict_yaml import load_yaml, parse_overrides, to_dict
 from pipelines import checkpoints, steps
 from pipelines import metrics as M
 from pipelines.distributed import broadcast_from_rank0, gather_to_rank0, init_distributed, mean_over_ranks

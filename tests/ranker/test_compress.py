@@ -15,10 +15,10 @@ import torch
 import torch.distributed.checkpoint as dcp
 import yaml
 
+from common.config import ConfigError, from_dict
 from features.loader import RankLoader
 from features.processor import FeatureMap, fit, processed_files, transform
 from features.schema import load_schema
-from features.strict_yaml import ConfigError, from_dict
 from pipelines.compress import compress_export, load_compress_config
 from pipelines.evaluate import evaluate_model
 from pipelines.metrics import EvalConfig
@@ -174,7 +174,7 @@ _SERVE_SCRIPT = textwrap.dedent(
     class Block:
         def find_spec(self, name, path=None, target=None):
             top = name.split(".")[0]
-            if top in ("ranker", "features", "pipelines", "torchrec", "fbgemm_gpu") and top not in allowed:
+            if top in ("common", "ranker", "features", "pipelines", "torchrec", "fbgemm_gpu") and top not in allowed:
                 raise ImportError(f"blocked import of {name} in the serving process")
             return None
 
