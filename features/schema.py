@@ -51,7 +51,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from features.strict_yaml import ConfigError, load_yaml
+from common.config import ConfigError, load_yaml
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 MISSING_ID = 0

@@ -16,9 +16,9 @@ from typing import Any
 import polars as pl
 from tqdm import tqdm
 
+from common.config import to_dict
 from features import processor, source
 from features.schema import SPLITS, Schema, load_schema
-from features.strict_yaml import to_dict
 from features.validate import DataError
 from pipelines import steps
 

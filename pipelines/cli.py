@@ -7,6 +7,7 @@ Typical session::
     ranker features build data/raw/movielens-100k/schema.yaml   # -> data/features/movielens-100k
     ranker train --config configs/train/movielens-hiformer.yaml --nproc 2
     ranker evaluate --model runs/movielens-hiformer/export --features data/features/movielens-100k
+    ranker compare runs/b/eval-test/predictions.parquet runs/b-vs-a --baseline runs/a/eval-test/predictions.parquet
     ranker compress --model runs/movielens-hiformer/export --config configs/compress/hiformer.yaml --out runs/m-c
     ranker score --model runs/movielens-hiformer/export --input 'new/*.parquet' --out runs/scores
     ranker run configs/pipeline/demo-movielens.yaml   # every step, raw data to a promoted model and scores
@@ -166,8 +167,56 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from pipelines.metrics import EvalConfig
+    from pipelines.report import run_comparison, run_evaluation
+
+    for path in (args.predictions, args.baseline):
+        if path is not None and not path.exists():  # before any output is written
+            raise FileNotFoundError(f"{path}: predictions file not found")
+    given = {"ks": args.ks, "min_slice_size": args.min_slice_size, "n_bootstrap": args.bootstrap, "seed": args.seed}
+    cfg = EvalConfig(**{k: tuple(v) if k == "ks" else v for k, v in given.items() if v is not None})
+    model_config = json.loads(args.model_config.read_text()) if args.model_config else None
+    paths = run_evaluation(
+        args.predictions, args.out_dir, tasks=args.tasks, slice_columns=args.slices, eval_config=cfg,
+        model_config=model_config, data_version=args.data_version,
+    )  # fmt: skip
+    if args.baseline is not None:
+        paths |= run_comparison(
+            args.baseline, args.predictions, args.out_dir, tasks=args.tasks, slice_columns=args.slices, eval_config=cfg
+        )
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def _add_compare_parser(sub: Any) -> None:
+    # Unset evaluation options keep EvalConfig's defaults (see docs/evaluation.md); importing it here would load
+    # numpy and polars for every `ranker` command.
+    text = (
+        "evaluate a predictions parquet (metrics.json, summary.md, report.html) and, with --baseline, compare it "
+        "against the baseline's predictions on the same impressions (comparison.json, comparison.md, "
+        "comparison.html: deltas B - A with paired bootstrap intervals)"
+    )
+    p = sub.add_parser("compare", help="compare two models' predictions (paired bootstrap); see docs/evaluation.md",
+                       description=text)  # fmt: skip
+    p.add_argument("predictions", type=Path, help="predictions parquet of the candidate (B), e.g. RUN/eval-test/...")
+    p.add_argument("out_dir", type=Path, help="output folder")
+    p.add_argument("--baseline", type=Path, default=None, help="predictions of the baseline (A), joined 1:1 on "
+                   "(group_id, item_id): also write comparison.{json,md,html}")  # fmt: skip
+    p.add_argument("--slice", dest="slices", action="append", default=[], help="slice column (repeatable)")
+    p.add_argument("--task", dest="tasks", action="append", default=None, help="task (default: all)")
+    p.add_argument("--ks", type=int, nargs="+", help="NDCG/Recall cut-offs (default 5 10)")
+    p.add_argument("--min-slice-size", type=int, help="slices with fewer rows get counts only (default 1000)")
+    p.add_argument("--bootstrap", type=int, help="bootstrap replicates, groups resampled (default 200)")
+    p.add_argument("--seed", type=int, help="bootstrap seed (default 0)")
+    p.add_argument("--data-version", default=None, help="shown in the report")
+    p.add_argument("--model-config", type=Path, default=None, help="JSON file with the model config")
+    p.set_defaults(func=_cmd_compare)
+
+
 def _cmd_compress(args: argparse.Namespace) -> int:
-    from features.strict_yaml import parse_overrides
+    from common.config import parse_overrides
     from pipelines.compress import compress_export, load_compress_config
 
     cfg = load_compress_config(args.config, parse_overrides(args.set))
@@ -210,7 +259,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
 
 
 def _promote_config(args: argparse.Namespace) -> Any:
-    from features.strict_yaml import parse_overrides
+    from common.config import parse_overrides
     from pipelines.registry import load_promote_config
 
     return load_promote_config(args.config, parse_overrides(args.set))
@@ -429,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--force", action="store_true", help="re-run even if the output is up to date")
     p.set_defaults(func=_cmd_evaluate)
+    _add_compare_parser(sub)
 
     p = sub.add_parser(
         "compress",
@@ -497,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from features.strict_yaml import parse_overrides
+    from common.config import parse_overrides
     from pipelines.sweep import load_sweep, run_sweep
 
     cfg = load_sweep(args.sweep, parse_overrides(args.set))

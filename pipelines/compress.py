@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
+from common.config import from_dict, load_yaml, to_dict
 from features.processor import FeatureMap
-from features.strict_yaml import from_dict, load_yaml, to_dict
 from pipelines import steps
 from ranker.build import ModelConfig, build_ranker, replace_pretrained
 from ranker.compress import CompressConfig, compress_model, count_parameters, plain_state, write_compression

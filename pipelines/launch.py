@@ -156,7 +156,7 @@ def _check_store_early(config: Path, overrides: dict[str, Any]) -> None:
     Those imports cost about 15 s of CPU time, so checking the store first lets a dead server end the job well
     within 30 s. A config that does not load is left to ``preflight``, which names the problem.
     """
-    from features.strict_yaml import read_yaml
+    from common.config import read_yaml
 
     try:
         data = read_yaml(config, overrides)
@@ -195,7 +195,7 @@ def launch_training(
         raise ValueError(f"--nnodes must be >= 1, got {nnodes}")
     if nnodes > 1 and not rdzv_endpoint:
         raise ValueError(NEEDS_ENDPOINT)
-    from features.strict_yaml import parse_overrides
+    from common.config import parse_overrides
 
     parsed = parse_overrides(overrides)
     _check_store_early(config, parsed)

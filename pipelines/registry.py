@@ -33,10 +33,10 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
+from common.config import load_yaml, to_dict
 from features.processor import TRAIN_VALUES, FeatureMap, cold_exprs, label_expr
 from features.schema import Schema, load_schema
 from features.source import SOURCE_DIR
-from features.strict_yaml import apply_overrides, from_dict, load_yaml, to_dict
 from pipelines import metrics as M
 from pipelines import steps
 from pipelines.report import render_gate
@@ -212,8 +212,6 @@ class PromoteConfig:
 
 def load_promote_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> PromoteConfig:
     """The gate config of YAML ``path`` (None: the defaults) with ``--set`` ``overrides`` applied."""
-    if path is None:
-        return from_dict(PromoteConfig, apply_overrides({}, overrides), where="--set")
     return load_yaml(PromoteConfig, path, overrides)
 
 

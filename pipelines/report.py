@@ -12,15 +12,13 @@ opens offline, can be attached to a run or an e-mail, and loads nothing from the
 ``render_comparison`` does the same for a ``metrics.compare`` result: deltas B - A with paired intervals and a
 verdict per metric, per slice and for cold vs warm.
 
-Usage::
+From the command line (``pipelines/cli.py``)::
 
-    python -m pipelines.report predictions.parquet runs/eval --slice country --data-version v3
-    python -m pipelines.report challenger.parquet runs/gate --baseline champion.parquet   # + comparison.html
+    ranker compare challenger.parquet runs/gate --baseline champion.parquet   # + comparison.html
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import datetime as dt
 import html
@@ -642,54 +640,31 @@ def run_evaluation(
     return paths
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: ``python -m pipelines.report PREDICTIONS OUT_DIR [--slice COL ...] [--baseline A.parquet]``."""
-    parser = argparse.ArgumentParser(prog="python -m pipelines.report", description=__doc__.splitlines()[0])
-    parser.add_argument("predictions", type=Path)
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--slice", dest="slices", action="append", default=[], help="slice column (repeatable)")
-    parser.add_argument("--task", dest="tasks", action="append", default=None, help="task (default: all)")
-    parser.add_argument("--ks", type=int, nargs="+", default=list(M.EvalConfig.ks))
-    parser.add_argument("--min-slice-size", type=int, default=M.EvalConfig.min_slice_size)
-    parser.add_argument("--bootstrap", type=int, default=M.EvalConfig.n_bootstrap)
-    parser.add_argument("--seed", type=int, default=M.EvalConfig.seed)
-    parser.add_argument("--data-version", default=None)
-    parser.add_argument("--model-config", type=Path, default=None, help="JSON file with the model config")
-    parser.add_argument(
-        "--baseline",
-        type=Path,
-        default=None,
-        help="predictions of a baseline (A): also write comparison.{json,md,html}",
-    )
-    args = parser.parse_args(argv)
-    cfg = M.EvalConfig(
-        ks=tuple(args.ks), min_slice_size=args.min_slice_size, n_bootstrap=args.bootstrap, seed=args.seed
-    )
-    model_config = json.loads(args.model_config.read_text()) if args.model_config else None
-    paths = run_evaluation(
-        args.predictions,
-        args.out_dir,
-        tasks=args.tasks,
-        slice_columns=args.slices,
-        eval_config=cfg,
-        model_config=model_config,
-        data_version=args.data_version,
-    )
-    if args.baseline is not None:
-        comparison = M.compare(
-            args.baseline,
-            args.predictions,
-            tasks=args.tasks,
-            slice_columns=args.slices,
-            config=cfg,
-            names=(args.baseline.stem, args.predictions.stem),
-        )
-        written = M.write_results(comparison, args.out_dir)
-        paths |= {"comparison_json": written["json"], "comparison_markdown": written["markdown"]}
-        paths["comparison_report"] = write_comparison_report(comparison, args.out_dir)
-    for kind, path in paths.items():
-        print(f"{kind}: {path}")
+def run_comparison(
+    baseline_path: str | Path,
+    predictions_path: str | Path,
+    out_dir: str | Path,
+    *,
+    tasks: Sequence[str] | None = None,
+    slice_columns: Sequence[str] = (),
+    eval_config: M.EvalConfig | None = None,
+) -> dict[str, Path]:
+    """Baseline (A) and candidate (B) predictions -> ``comparison.json``, ``comparison.md``, ``comparison.html``.
 
-
-if __name__ == "__main__":
-    main()
+    The models are named after the files' stems. Returns:
+        ``{"comparison_json": ..., "comparison_markdown": ..., "comparison_report": ...}`` paths.
+    """
+    comparison = M.compare(
+        baseline_path,
+        predictions_path,
+        tasks=tasks,
+        slice_columns=slice_columns,
+        config=eval_config,
+        names=(Path(baseline_path).stem, Path(predictions_path).stem),
+    )
+    written = M.write_results(comparison, out_dir)
+    return {
+        "comparison_json": written["json"],
+        "comparison_markdown": written["markdown"],
+        "comparison_report": write_comparison_report(comparison, out_dir),
+    }

@@ -39,10 +39,10 @@ from typing import Any, Literal
 
 import yaml
 
+from common.config import ConfigError, load_yaml, parse_overrides, to_dict
 from features.processor import FEATURE_MAP
 from features.schema import load_schema
 from features.source import SOURCE_DIR
-from features.strict_yaml import ConfigError, load_yaml, parse_overrides, to_dict
 from pipelines import metrics as M
 from pipelines import steps
 from pipelines.data import DATASETS

@@ -38,8 +38,8 @@ from typing import Any, Literal
 import numpy as np
 import yaml
 
+from common.config import load_yaml, to_dict
 from features.processor import FeatureMap
-from features.strict_yaml import load_yaml, to_dict
 from pipelines import checkpoints, steps
 from pipelines.launch import exclusive, launch_training
 from pipelines.report import _e, _num, _page

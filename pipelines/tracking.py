@@ -431,7 +431,7 @@ def log_model(export_dir: Path, input_example: Any | None, registered_name: str 
             artifacts={EXPORT_ARTIFACT: str(export_dir)},
             signature=model_signature(export_dir),
             input_example=input_example,
-            code_paths=[str(root / p) for p in ("features", "ranker", "vision_towers", "pipelines")],
+            code_paths=[str(root / p) for p in ("common", "features", "ranker", "vision_towers", "pipelines")],
             pip_requirements=_requirements(),
             registered_model_name=registered_name,
         )

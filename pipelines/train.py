@@ -39,13 +39,14 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.elastic.multiprocessing.errors import record
+from torch.optim.lr_scheduler import LambdaLR
 from torchrec.optim.keyed import CombinedOptimizer
 
+from common.config import load_yaml, parse_overrides, to_dict
 from features.batch import RankBatch
 from features.images import load_images
 from features.loader import RankLoader
 from features.processor import FEATURE_MAP, FeatureMap, processed_files
-from features.strict_yaml import load_yaml, parse_overrides, to_dict
 from pipelines import checkpoints, steps
 from pipelines import metrics as M
 from pipelines.distributed import broadcast_from_rank0, gather_to_rank0, init_distributed, mean_over_ranks
@@ -53,7 +54,14 @@ from ranker import export
 from ranker.build import ModelConfig, build_ranker, cached_item_embeddings, check_model_config
 from ranker.library_noise import silence_known_library_noise
 from ranker.model import RankerTrain
-from ranker.sharding import CPU_SHARDING_TYPES, SHARDING_TYPES, build_optimizers, describe_plan, distribute
+from ranker.sharding import (
+    CPU_SHARDING_TYPES,
+    SHARDING_TYPES,
+    Optimizers,
+    build_optimizers,
+    describe_plan,
+    distribute,
+)
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -182,13 +190,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant" or total <= warmup:
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+def lr_schedule(optimizer: torch.optim.Optimizer, optim: OptimConfig, total: int, step: int = 0) -> LambdaLR:
+    """Linear warm-up over ``optim.warmup_steps``, then cosine decay to 0.1 x (or constant) up to step ``total``.
+
+    Sets the learning rate of step ``step`` (the one a resumed run trains next) from ``optim.dense_lr``; each
+    ``.step()`` after an optimiser step moves to the next one.
+    """
+    warmup = optim.warmup_steps
+
+    def factor(s: int) -> float:
+        if warmup and s < warmup:
+            return (s + 1) / warmup
+        if optim.schedule == "constant" or total <= warmup:
+            return 1.0
+        progress = min(1.0, (s - warmup) / max(1, total - warmup))
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    for group in optimizer.param_groups:
+        group["initial_lr"] = optim.dense_lr  # the base rate; a loaded checkpoint holds the last step's rate in "lr"
+    return LambdaLR(optimizer, factor, last_epoch=step - 1)
 
 
 def predict(loader: RankLoader, logits_fn: Callable[[RankBatch], torch.Tensor]) -> dict[str, np.ndarray]:
@@ -404,16 +424,90 @@ class _Tracker:
                   f"{self.missed_path}", flush=True)  # fmt: skip
 
 
+@dataclass
+class _Run:
+    """What the steps of one training run share; built by :func:`_setup`."""
+
+    cfg: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    fmap: FeatureMap
+    item_embeddings: np.ndarray | None  # a frozen tower's catalogue embeddings, exported with the model
+    dmp: torch.nn.Module  # DistributedModelParallel(RankerTrain)
+    optimizers: Optimizers
+    schedule: LambdaLR  # the dense learning rate per step
+    train_loader: RankLoader
+    valid_loader: RankLoader
+    steps_per_epoch: int
+    total_steps: int
+    eval_every: int
+    state: TrainerState
+    tracker: _Tracker
+
+    @property
+    def ckpt_root(self) -> Path:
+        return Path(self.cfg.out_dir) / CHECKPOINTS
+
+
+@dataclass
+class _LossSums:
+    """Training loss summed since the last log line and since the last validation (the history's window)."""
+
+    log_sum: float = 0.0
+    log_n: int = 0
+    window_sum: float = 0.0
+    window_n: int = 0
+
+    def add(self, loss: float) -> None:
+        self.log_sum, self.log_n = self.log_sum + loss, self.log_n + 1
+        self.window_sum, self.window_n = self.window_sum + loss, self.window_n + 1
+
+    def take_log(self) -> float:
+        mean, self.log_sum, self.log_n = self.log_sum / self.log_n, 0.0, 0
+        return mean
+
+    def take_window(self) -> float:
+        mean, self.window_sum, self.window_n = self.window_sum / max(self.window_n, 1), 0.0, 0
+        return mean
+
+
 def train(cfg: TrainConfig, resume: bool = False, stop_at_step: int = 0) -> dict[str, Any]:
     """Trains on every rank of the initialised default process group; returns the run's results on all ranks.
 
     ``stop_at_step`` (> 0) ends the run right after the checkpoint at that step, as an interruption would.
     """
+    run = _setup(cfg, resume)
+    state, losses, stopped_early, started = run.state, _LossSums(), False, time.time()
+    while state.step < run.total_steps and not stopped_early:
+        epoch = state.step // run.steps_per_epoch
+        run.train_loader.set_epoch(epoch)
+        skip = state.step - epoch * run.steps_per_epoch
+        for i, batch in enumerate(run.train_loader):
+            if i < skip:
+                continue  # trained before the interruption: same data order, so skip rather than retrain
+            losses.add(_train_step(run, batch))
+            if state.step % cfg.log_every == 0:
+                run.tracker.metrics({"train/loss": mean_over_ranks(losses.take_log())}, state.step)
+            if state.step % run.eval_every == 0 or i == run.steps_per_epoch - 1 or state.step == run.total_steps:
+                _validate_and_checkpoint(run, epoch, losses)
+                if stop_at_step and state.step >= stop_at_step:
+                    return {"interrupted_at": state.step}
+                stopped_early = state.bad_evals >= cfg.patience and state.step < run.total_steps
+            if stopped_early or state.step >= run.total_steps:
+                break
+    results = _results(run, stopped_early, time.time() - started)
+    if run.rank == 0:
+        _export_and_test(run, results)
+    return broadcast_from_rank0(results)
+
+
+def _setup(cfg: TrainConfig, resume: bool) -> _Run:
+    """Seeds everything, builds the sharded model, its optimisers and loaders; restores a checkpoint on ``resume``."""
     rank, world = dist.get_rank(), dist.get_world_size()
     cuda = torch.cuda.is_available()
     device = torch.device(f"cuda:{torch.cuda.current_device()}" if cuda else "cpu")
-    out_dir, features = Path(cfg.out_dir), Path(cfg.features)
-    ckpt_root = out_dir / CHECKPOINTS
+    features = Path(cfg.features)
     seed_everything(cfg.seed)
     fmap = FeatureMap.load(features)
     vision = cfg.model.vision
@@ -436,7 +530,6 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at_step: int = 0) -> dict
         cfg.optim.sparse_optimizer,
         cfg.optim.sparse_lr,
     )
-    optimizer, dense = optimizers.combined, optimizers.dense
     train_loader = RankLoader(
         processed_files(features, "train"), fmap, cfg.batch_size, rank, world, True, cfg.seed, "train", cfg.prefetch
     )
@@ -446,101 +539,92 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at_step: int = 0) -> dict
     steps_per_epoch = len(train_loader)
     total_steps = cfg.epochs * steps_per_epoch
     total_steps = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
-    eval_every = cfg.eval_every or steps_per_epoch
 
     state = TrainerState()
     if resume:
         # Rank 0 checks the checksums once and reports a damaged newer checkpoint; every rank loads its choice.
-        start = broadcast_from_rank0(checkpoints.newest_intact(ckpt_root) if rank == 0 else None)
-        state = load_checkpoint(start, dmp, optimizer)
+        start = broadcast_from_rank0(checkpoints.newest_intact(Path(cfg.out_dir) / CHECKPOINTS) if rank == 0 else None)
+        state = load_checkpoint(start, dmp, optimizers.combined)
     tracker = _Tracker(cfg, enabled=rank == 0)
     if rank == 0:
         print(f"[train] {world} rank(s) on {device}; plan {describe_plan(dmp)}", flush=True)
         print(f"[train] {steps_per_epoch} steps/epoch, {total_steps} steps; resume from step {state.step}", flush=True)
+    return _Run(
+        cfg=cfg, rank=rank, world=world, device=device, fmap=fmap, item_embeddings=item_embeddings, dmp=dmp,
+        optimizers=optimizers, schedule=lr_schedule(optimizers.dense, cfg.optim, total_steps, state.step),
+        train_loader=train_loader, valid_loader=valid_loader, steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps, eval_every=cfg.eval_every or steps_per_epoch, state=state, tracker=tracker,
+    )  # fmt: skip
 
-    dense_params = optimizers.dense_params
-    stopped_early, started, loss_sum, loss_n = False, time.time(), 0.0, 0
-    window_sum, window_n = 0.0, 0  # training loss since the last validation, for the history
-    while state.step < total_steps and not stopped_early:
-        epoch = state.step // steps_per_epoch
-        train_loader.set_epoch(epoch)
-        skip = state.step - epoch * steps_per_epoch
-        for i, batch in enumerate(train_loader):
-            if i < skip:
-                continue  # trained before the interruption: same data order, so skip rather than retrain
-            for group in dense.param_groups:
-                group["lr"] = cfg.optim.dense_lr * _lr_factor(
-                    state.step, total_steps, cfg.optim.warmup_steps, cfg.optim.schedule
-                )
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                loss, _ = dmp(batch.to(device))
-            optimizer.zero_grad()
-            loss.backward()
-            if cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(dense_params, cfg.optim.grad_clip)
-            optimizer.step()
-            state.step += 1
-            _fault("step", state.step)
-            loss_sum, loss_n = loss_sum + float(loss.detach()), loss_n + 1
-            window_sum, window_n = window_sum + float(loss.detach()), window_n + 1
-            if state.step % cfg.log_every == 0:
-                tracker.metrics({"train/loss": mean_over_ranks(loss_sum / loss_n)}, state.step)
-                loss_sum, loss_n = 0.0, 0
-            end_of_epoch = i == steps_per_epoch - 1
-            if state.step % eval_every == 0 or end_of_epoch or state.step == total_steps:
-                valid = validate(dmp, valid_loader, device, fmap.labels)
-                first_auc = valid[f"{fmap.labels[0]}/auc"] or 0.0
-                if first_auc > state.best_auc:
-                    state.best_auc, state.best_step, state.bad_evals = first_auc, state.step, 0
-                else:
-                    state.bad_evals += 1
-                state.epoch = epoch
-                window = mean_over_ranks(window_sum / max(window_n, 1))
-                window_sum, window_n = 0.0, 0
-                record = {"step": state.step, "epoch": epoch, "train/loss": window}
-                record.update({f"valid/{k}": v for k, v in valid.items()})
-                state.history.append(record)
-                save_checkpoint(ckpt_root, dmp, optimizer, state, cfg.keep_checkpoints)
-                tracker.metrics(record, state.step)  # after the save: logging can never cost a checkpoint
-                if rank == 0:
-                    print(f"[train] step {state.step}: " + json.dumps(record), flush=True)
-                if stop_at_step and state.step >= stop_at_step:
-                    return {"interrupted_at": state.step}
-                if state.bad_evals >= cfg.patience and state.step < total_steps:
-                    stopped_early = True
-            if stopped_early or state.step >= total_steps:
-                break
 
-    seconds = time.time() - started
-    best = ckpt_root / f"step-{state.best_step:08d}"
-    results: dict[str, Any] = {
-        "steps": state.step,
-        "best_step": state.best_step,
-        "best_valid_auc": state.best_auc,
+def _train_step(run: _Run, batch: RankBatch) -> float:
+    """One optimiser step on ``batch`` (this rank's share); returns its loss."""
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.device.type == "cuda"):
+        loss, _ = run.dmp(batch.to(run.device))
+    run.optimizers.combined.zero_grad()
+    loss.backward()
+    if run.cfg.optim.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.optimizers.dense_params, run.cfg.optim.grad_clip)
+    run.optimizers.combined.step()
+    run.schedule.step()
+    run.state.step += 1
+    _fault("step", run.state.step)
+    return float(loss.detach())
+
+
+def _validate_and_checkpoint(run: _Run, epoch: int, losses: _LossSums) -> None:
+    """Validates, tracks the best step and early stopping, adds a history record, saves a checkpoint, logs."""
+    state, tasks = run.state, run.fmap.labels
+    valid = validate(run.dmp, run.valid_loader, run.device, tasks)
+    first_auc = valid[f"{tasks[0]}/auc"] or 0.0
+    if first_auc > state.best_auc:
+        state.best_auc, state.best_step, state.bad_evals = first_auc, state.step, 0
+    else:
+        state.bad_evals += 1
+    state.epoch = epoch
+    record = {"step": state.step, "epoch": epoch, "train/loss": mean_over_ranks(losses.take_window())}
+    record.update({f"valid/{k}": v for k, v in valid.items()})
+    state.history.append(record)
+    save_checkpoint(run.ckpt_root, run.dmp, run.optimizers.combined, state, run.cfg.keep_checkpoints)
+    run.tracker.metrics(record, state.step)  # after the save: logging can never cost a checkpoint
+    if run.rank == 0:
+        print(f"[train] step {state.step}: " + json.dumps(record), flush=True)
+
+
+def _results(run: _Run, stopped_early: bool, seconds: float) -> dict[str, Any]:
+    return {
+        "steps": run.state.step,
+        "best_step": run.state.best_step,
+        "best_valid_auc": run.state.best_auc,
         "stopped_early": stopped_early,
         "train_seconds": round(seconds, 2),
-        "rows_skipped_per_epoch": train_loader.rows_skipped,
-        "sharding_plan": describe_plan(dmp),
-        "world_size": world,
-        "history": state.history,
+        "rows_skipped_per_epoch": run.train_loader.rows_skipped,
+        "sharding_plan": describe_plan(run.dmp),
+        "world_size": run.world,
+        "history": run.state.history,
     }
-    if rank == 0:
-        checkpoints.verify(best)
-        export_dir = export.export_checkpoint(
-            best, fmap, features, cfg.model, to_dict(cfg), out_dir / "export", item_embeddings
-        )
-        model_cpu = export.load_exported(export_dir)
-        test_loader = RankLoader(processed_files(features, "test"), fmap, cfg.eval_batch_size, mode="eval")
-        scored = predict(test_loader, model_cpu)
-        results["test"] = task_metrics(scored, fmap.labels)
-        results["export_dir"] = str(export_dir)
-        results["model_uri"] = tracker.log_model(export_dir)
-        tracker.metrics({f"test/{k}": v for k, v in results["test"].items()}, state.step)
-        results["mlflow"] = tracker.record()
-        (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-        tracker.finish([out_dir / "results.json", export_dir / FEATURE_MAP, export_dir], state.step)
-        print(f"[train] test metrics of the exported model: {json.dumps(results['test'])}", flush=True)
-    return broadcast_from_rank0(results)
+
+
+def _export_and_test(run: _Run, results: dict[str, Any]) -> None:
+    """Rank 0: exports the best checkpoint, scores the test split with the export, logs it, writes results.json."""
+    cfg, fmap, state, tracker = run.cfg, run.fmap, run.state, run.tracker
+    out_dir, features = Path(cfg.out_dir), Path(cfg.features)
+    best = run.ckpt_root / f"step-{state.best_step:08d}"
+    checkpoints.verify(best)
+    export_dir = export.export_checkpoint(
+        best, fmap, features, cfg.model, to_dict(cfg), out_dir / "export", run.item_embeddings
+    )
+    model_cpu = export.load_exported(export_dir)
+    test_loader = RankLoader(processed_files(features, "test"), fmap, cfg.eval_batch_size, mode="eval")
+    scored = predict(test_loader, model_cpu)
+    results["test"] = task_metrics(scored, fmap.labels)
+    results["export_dir"] = str(export_dir)
+    results["model_uri"] = tracker.log_model(export_dir)
+    tracker.metrics({f"test/{k}": v for k, v in results["test"].items()}, state.step)
+    results["mlflow"] = tracker.record()
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    tracker.finish([out_dir / "results.json", export_dir / FEATURE_MAP, export_dir], state.step)
+    print(f"[train] test metrics of the exported model: {json.dumps(results['test'])}", flush=True)
 
 
 @record  # a rank's exception goes to torchrun's error file, which the launcher's failure line quotes

@@ -449,7 +449,7 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def write_compression(out_dir: Any, cfg: CompressConfig, applied: dict[str, Any]) -> None:
-    from features.strict_yaml import to_dict
+    from common.config import to_dict
 
     record = {
         "dense_dtype": cfg.dense_dtype,

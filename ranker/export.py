@@ -27,9 +27,9 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 
+from common.config import from_dict, to_dict
 from features.images import IMAGES, ITEMS
 from features.processor import FEATURE_MAP, TRAIN_ITEMS, TRAIN_VALUES, FeatureMap
-from features.strict_yaml import from_dict, to_dict
 from ranker.build import ModelConfig, build_ranker, replace_pretrained
 from ranker.compress import apply_dense_dtype, quantize_tables, read_dtypes, restore_packed
 from ranker.model import Ranker, RankerTrain

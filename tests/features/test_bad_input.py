@@ -14,9 +14,9 @@ import pytest
 import yaml
 from PIL import Image
 
+from common.config import ConfigError
 from features.processor import fit, processed_files, transform
 from features.schema import load_schema
-from features.strict_yaml import ConfigError
 from features.validate import DataError
 from pipelines.build_features import build_features
 

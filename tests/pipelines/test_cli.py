@@ -1,4 +1,4 @@
-"""The `ranker` console script: help text and the data/features subcommands, run as a user would."""
+"""The `ranker` console script: help text and the data/features/compare subcommands, run as a user would."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
 import pyarrow.parquet as pq
 import pytest
 import torch
 
+from pipelines import metrics as M
 from pipelines.cli import main
+from tests.pipelines.test_metrics import synthetic_predictions
 from vision_towers.pretrain import pretrain
 
 pytestmark = pytest.mark.e2e
@@ -109,3 +112,30 @@ def test_pretrain_tower_with_a_teacher(tmp_path: Path, capsys: pytest.CaptureFix
     )
     assert main(["pretrain-tower", "eet_vit_fm", "--out", str(tmp_path / "y.pt"), "--kl-weight", "1"]) == 2
     assert "--kl-weight: only with --teacher" in capsys.readouterr().err
+
+
+def test_compare_two_prediction_sets(tmp_path: Path) -> None:
+    """`ranker compare B OUT --baseline A` writes both reports, with the numbers of the library functions."""
+    baseline, candidate = tmp_path / "champion.parquet", tmp_path / "challenger.parquet"
+    df = synthetic_predictions(n_rows=1500, n_groups=120)
+    df.write_parquet(baseline)
+    df.with_columns(pl.col("score_click") * 0.7 + pl.col("label_click") * 0.25).write_parquet(candidate)
+    out = tmp_path / "gate"
+    flags = ["--slice", "country", "--bootstrap", "20", "--ks", "3", "10", "--min-slice-size", "300", "--seed", "4"]
+    done = _ranker("compare", str(candidate), str(out), "--baseline", str(baseline), *flags, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    names = ["metrics.json", "summary.md", "report.html", "comparison.json", "comparison.md", "comparison.html"]
+    assert all((out / name).stat().st_size > 0 for name in names)
+    assert all(str(out / name) in done.stdout for name in names)
+
+    cfg = M.EvalConfig(n_bootstrap=20, ks=(3, 10), min_slice_size=300, seed=4)
+    expected = M.compare(baseline, candidate, slice_columns=["country"], config=cfg, names=("champion", "challenger"))
+    assert json.loads((out / "comparison.json").read_text()) == json.loads(json.dumps(expected))
+    evaluated = M.evaluate(candidate, slice_columns=["country"], config=cfg)
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(evaluated))
+    assert expected["overall"]["tasks"]["click"]["metrics"]["auc"]["verdict"] == "better"  # the data differ
+
+    missing = _ranker("compare", str(candidate), str(tmp_path / "x"), "--baseline", str(tmp_path / "no.parquet"),
+                      cwd=tmp_path)  # fmt: skip
+    assert missing.returncode == 2 and "no.parquet: predictions file not found" in missing.stderr
+    assert "Traceback" not in missing.stderr and not (tmp_path / "x").exists()

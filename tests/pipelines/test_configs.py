@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from common.config import ConfigError
 from features.processor import FeatureMap, fit
 from features.schema import load_schema
-from features.strict_yaml import ConfigError
 from pipelines.train import load_config, preflight
 from ranker import interactions
 from ranker.build import check_model_config, replace_pretrained

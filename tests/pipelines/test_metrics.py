@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from sklearn.metrics import log_loss, ndcg_score, roc_auc_score, roc_curve
 
 from pipelines import metrics as M
+from pipelines.metrics import intervals, read
 
 pytestmark = pytest.mark.unit
 
@@ -355,16 +356,18 @@ def test_bootstrap_replicate_equals_metrics_of_resampled_groups() -> None:
     cfg = M.EvalConfig(n_bootstrap=1, ks=(3,))
     codes = _codes(df)
     n_groups = codes.max() + 1
-    drawn = np.random.default_rng(M._scope_rng_seed(cfg, "overall")).integers(0, n_groups, n_groups)
+    drawn = np.random.default_rng(intervals._scope_rng_seed(cfg, "overall")).integers(0, n_groups, n_groups)
     parts = [
         df.filter(pl.Series(codes == g)).with_columns(pl.lit(copy).alias("group_id")) for copy, g in enumerate(drawn)
     ]
     resampled = pl.concat(parts)
     expected = M.evaluate(resampled, config=M.EvalConfig(n_bootstrap=0, ks=(3,)))["overall"]["tasks"]["click"]
 
-    cols, _ = M._load([(df, M.SCORE_PREFIX)], None, [])
-    stats = M._task_stats(cols.groups, cols.n_groups, cols.scores[0]["click"], cols.labels["click"], cols.weights, cfg)
-    replicate = M._bootstrap([stats], cols.n_groups, cfg, "overall")[0][0]
+    cols, _ = read._load([(df, M.SCORE_PREFIX)], None, [])
+    stats = intervals._task_stats(
+        cols.groups, cols.n_groups, cols.scores[0]["click"], cols.labels["click"], cols.weights, cfg
+    )
+    replicate = intervals._bootstrap([stats], cols.n_groups, cfg, "overall")[0][0]
     for j, name in enumerate(M.metric_names(cfg.ks)):
         assert replicate[j] == pytest.approx(expected["metrics"][name]["value"], rel=1e-10), name
 

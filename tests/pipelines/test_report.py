@@ -15,6 +15,7 @@ from PIL import Image
 
 from pipelines import metrics as M
 from pipelines import report as R
+from pipelines.cli import main
 from tests.pipelines.test_metrics import synthetic_predictions
 
 pytestmark = pytest.mark.unit
@@ -99,9 +100,11 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     synthetic_predictions(n_rows=500, n_groups=50, tasks=("click",)).write_parquet(predictions)
     config = tmp_path / "model.json"
     config.write_text(json.dumps({"layers": 2}))
-    R.main([str(predictions), str(tmp_path / "out"), "--slice", "country", "--bootstrap", "5", "--ks", "2", "4"])
-    R.main([str(predictions), str(tmp_path / "out2"), "--model-config", str(config), "--data-version", "v9"])
-    R.main([str(predictions), str(tmp_path / "gate"), "--baseline", str(predictions), "--bootstrap", "5"])
+    main(
+        ["compare", str(predictions), str(tmp_path / "out"), "--slice", "country", "--bootstrap", "5", "--ks", "2", "4"]
+    )
+    main(["compare", str(predictions), str(tmp_path / "out2"), "--model-config", str(config), "--data-version", "v9"])
+    main(["compare", str(predictions), str(tmp_path / "gate"), "--baseline", str(predictions), "--bootstrap", "5"])
     assert "report: " in capsys.readouterr().out
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["config"]["ks"] == [2, 4] and list(metrics["slices"]) == ["country"]

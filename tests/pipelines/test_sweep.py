@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from features.strict_yaml import ConfigError, from_dict, load_yaml
+from common.config import ConfigError, from_dict, load_yaml
 from pipelines import cli
 from pipelines.build_features import build_features
 from pipelines.sweep import (

@@ -77,7 +77,7 @@ def test_embedded_store_records_the_run_evaluation_and_compression(
     """No server: the SQLite store under $RANKER_RUNS holds what training, `evaluate` and `compress` logged."""
     import mlflow
 
-    from features.strict_yaml import from_dict
+    from common.config import from_dict
     from pipelines.compress import compress_export
     from pipelines.evaluate import evaluate_model
     from pipelines.metrics import EvalConfig

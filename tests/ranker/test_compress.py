@@ -16,10 +16,10 @@ import torch
 import torch.distributed.checkpoint as dcp
 import yaml
 
+from common.config import ConfigError, from_dict
 from features.loader import RankLoader
 from features.processor import FeatureMap, fit, processed_files, transform
 from features.schema import load_schema
-from features.strict_yaml import ConfigError, from_dict
 from pipelines.compress import compress_export, load_compress_config
 from pipelines.evaluate import evaluate_model
 from pipelines.metrics import EvalConfig
@@ -201,7 +201,7 @@ _SERVE_SCRIPT = textwrap.dedent(
     """
     import sys
 
-    TRAINING_CODE = ("ranker", "features", "pipelines", "vision_towers")
+    TRAINING_CODE = ("common", "ranker", "features", "pipelines", "vision_towers")
     allowed = sys.argv[4:]  # what serving.json "requires" (fbgemm_gpu for quantised tables)
 
     class Block:

@@ -125,8 +125,13 @@ def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
         raise ConfigError(f"{_at(where)} {err}") from err
 
 
-def load_yaml(cls: type[T], path: str | Path, overrides: dict[str, Any] | None = None) -> T:
-    """Loads ``path`` into ``cls``; ``overrides`` maps dotted keys (``train.lr``) to values applied first."""
+def load_yaml(cls: type[T], path: str | Path | None, overrides: dict[str, Any] | None = None) -> T:
+    """Loads ``path`` into ``cls``; ``overrides`` maps dotted keys (``train.lr``) to values applied first.
+
+    ``path`` None: the dataclass defaults with ``overrides`` applied (a config given by ``--set`` alone).
+    """
+    if path is None:
+        return from_dict(cls, _apply_overrides({}, overrides), where="--set")
     return from_dict(cls, read_yaml(path, overrides), where=f"{path}:")
 
 
@@ -142,13 +147,13 @@ def read_yaml(path: str | Path, overrides: dict[str, Any] | None = None) -> Any:
     data = {} if data is None else data
     if isinstance(data, dict):  # else from_dict says why
         try:
-            data = apply_overrides(data, overrides)
+            data = _apply_overrides(data, overrides)
         except ConfigError as err:
             raise ConfigError(f"{path}: {err}") from err
     return data
 
 
-def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+def _apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
     """``data`` with each dotted key of ``overrides`` (``train.lr``) set, creating missing parents."""
     for dotted, value in (overrides or {}).items():
         node = data

@@ -1,0 +1,1 @@
+"""What every package shares: typed config loading (:mod:`common.config`)."""
