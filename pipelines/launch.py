@@ -154,7 +154,8 @@ def _check_store_early(config: Path, overrides: dict[str, Any]) -> None:
     """Stops a job whose MLflow server does not answer before torch and TorchRec are imported.
 
     Those imports cost about 15 s of CPU time, so checking the store first lets a dead server end the job well
-    within 30 s. A config that does not load is left to ``preflight``, which names the problem.
+    within 30 s. Only a server can be dead: a local store is left alone here (checking it would create it before the
+    config is known to be valid), and a config that does not load is left to ``preflight``, which names the problem.
     """
     from common.config import read_yaml
 
@@ -165,7 +166,8 @@ def _check_store_early(config: Path, overrides: dict[str, Any]) -> None:
     if isinstance(data, dict) and data.get("tracking", True) is not False:
         from pipelines import tracking
 
-        tracking.check_store()
+        if tracking.is_server(tracking.tracking_uri()):
+            tracking.check_store()
 
 
 def launch_training(

@@ -67,6 +67,11 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or default_uri(Path(os.environ.get("RANKER_RUNS", "runs")))
 
 
+def is_server(uri: str) -> bool:
+    """Whether ``uri`` names a tracking server (HTTP), rather than a store on this machine's file system."""
+    return urlsplit(uri).scheme in ("http", "https")
+
+
 def shown_uri(uri: str) -> str:
     """``uri`` without a user or password, for messages and records."""
     parts = urlsplit(uri)
