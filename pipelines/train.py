@@ -623,7 +623,9 @@ def _export_and_test(run: _Run, results: dict[str, Any]) -> None:
     tracker.metrics({f"test/{k}": v for k, v in results["test"].items()}, state.step)
     results["mlflow"] = tracker.record()
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    tracker.finish([out_dir / "results.json", export_dir / FEATURE_MAP, export_dir], state.step)
+    # The logged model holds the export; a plain copy only when it could not be logged, so it is stored once.
+    unlogged = [] if results["model_uri"] else [export_dir]
+    tracker.finish([out_dir / "results.json", export_dir / FEATURE_MAP, *unlogged], state.step)
     print(f"[train] test metrics of the exported model: {json.dumps(results['test'])}", flush=True)
 
 

@@ -106,7 +106,11 @@ def test_embedded_store_records_the_run_evaluation_and_compression(
     assert logged.data.metrics["test.click.auc"] == pytest.approx(results["test"]["click/auc"])
     assert "eval.test.click.auc" in logged.data.metrics
     artifacts = {a.path for a in client.list_artifacts(logged.info.run_id)}
-    assert {"results.json", "feature_map.json", "export", "eval-test", "compress-small"} <= artifacts
+    assert {"results.json", "feature_map.json", "eval-test", "compress-small"} <= artifacts
+    # The export is stored once, as the run's logged model, not also as a plain artifact of the run.
+    assert "export" not in artifacts and results["model_uri"].startswith("models:/")
+    model = Path(mlflow.artifacts.download_artifacts(results["model_uri"], dst_path=str(tmp_path / "model")))
+    assert {"model.pt", "feature_map.json"} <= set(os.listdir(model / "artifacts" / "export"))
     assert {a.path for a in client.list_artifacts(logged.info.run_id, "eval-test")} == {
         "eval-test/metrics.json", "eval-test/summary.md", "eval-test/report.html"
     }  # fmt: skip
