@@ -23,7 +23,7 @@ from features.validate import DataError
 from pipelines import steps
 
 
-def _inputs(schema: Schema) -> list[Path]:
+def source_files(schema: Schema) -> list[Path]:
     """Every raw file the build reads."""
     if schema.source is None:
         paths = [p for s in SPLITS if s in schema.files for p in schema.split_files(s)]
@@ -83,7 +83,7 @@ def build_features(
             "describe the raw tables under source: with a split"
         )
     config = {"schema": to_dict(schema), "row_group_size": row_group_size}
-    inputs = [Path(schema_path), *_inputs(schema)]
+    inputs = [Path(schema_path), *source_files(schema)]
     fp = steps.fingerprint(config, inputs)
     if not force and steps.is_complete(out_dir, "features", fp):
         return steps.read_manifest(out_dir) or {}

@@ -314,12 +314,12 @@ def _step_data(job: Job, force: bool) -> bool:
 
         return _changed(job.data, lambda: build_dataset(d.dataset, job.data, d.rows, d.seed, force, progress=True))
     # Your own data: nothing to build; the step records the schema and the files it names.
-    from pipelines.build_features import _inputs
+    from pipelines.build_features import source_files
 
     schema = load_schema(d.schema)
     folder = job.work / "data"
     config = {"schema": str(Path(d.schema).resolve())}
-    files = [Path(d.schema), *_inputs(schema)]
+    files = [Path(d.schema), *source_files(schema)]
     missing = [str(f) for f in files if not f.exists()]
     if missing:
         raise FileNotFoundError(f"{d.schema}: file(s) not found: {', '.join(missing)}")
