@@ -21,11 +21,13 @@ from tests.helpers import write_tiny_dataset
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).parents[2]
-# Training configs; configs/compress/, configs/promote/ and configs/sweep/ hold `ranker compress`, `ranker promote`
-# and `ranker sweep` configs (sweeps: tests/pipelines/test_sweep.py).
-CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name not in ("compress", "promote", "sweep"))
+# Training configs; configs/compress/, configs/promote/, configs/pipeline/ and configs/sweep/ hold `ranker compress`,
+# `ranker promote`, `ranker run` and `ranker sweep` configs (sweeps: tests/pipelines/test_sweep.py).
+OTHER_KINDS = ("compress", "promote", "pipeline", "sweep")
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name not in OTHER_KINDS)
 COMPRESS_CONFIGS = sorted((ROOT / "configs" / "compress").glob("*.yaml"))
 PROMOTE_CONFIGS = sorted((ROOT / "configs" / "promote").glob("*.yaml"))
+PIPELINE_CONFIGS = sorted((ROOT / "configs" / "pipeline").glob("*.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +54,19 @@ def test_every_shipped_compress_config_loads(path: Path) -> None:
 
     assert COMPRESS_CONFIGS
     load_compress_config(path)
+
+
+@pytest.mark.parametrize("path", PIPELINE_CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_shipped_pipeline_config_loads_with_the_configs_it_names(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ranker run`'s own check: the pipeline config and its training, compression and gate configs."""
+    from pipelines.run import load_job
+
+    monkeypatch.chdir(ROOT)  # their paths are relative to the checkout, as the commands opening them say
+    assert len(PIPELINE_CONFIGS) >= 4
+    assert path.read_text().startswith(f"# ranker run {path.relative_to(ROOT)}")
+    load_job(path)
 
 
 @pytest.mark.parametrize("path", PROMOTE_CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
