@@ -90,6 +90,7 @@ def test_nnodes_without_endpoint_is_one_line_error(tmp_path: Path) -> None:
 
 @pytest.mark.e2e
 @pytest.mark.dist
+@pytest.mark.slow  # 2 launches + 2 nodes, ~2 min; the default suite keeps the launcher's unit tests
 def test_two_nodes_train_what_two_processes_train(tmp_path: Path) -> None:
     """Also checks, while both nodes are in the job, that every socket they listen on (the rendezvous store, the
     ranks' store, gloo) is bound to a loopback address: a loopback endpoint keeps the job on this machine."""

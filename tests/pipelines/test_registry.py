@@ -343,6 +343,7 @@ def _requests(draw: st.DrawFn) -> tuple[bytes, dict[str, Any] | None]:
     return json.dumps({"dataframe_records": records}).encode(), rows if kind == "valid" else None
 
 
+@pytest.mark.slow  # two `mlflow models serve` processes and 25 random requests, ~60 s
 def test_models_serve_answers_like_evaluate_and_refuses_bad_requests(world, champion_uri, mlflow_server, tmp_path):
     reference = _reference(world, tmp_path)
     raw = pl.read_parquet(world["raw"] / "test.parquet").drop("click", "buy")

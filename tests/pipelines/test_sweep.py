@@ -334,6 +334,7 @@ def _mlflow_runs(db: Path) -> dict[str, tuple[str, str | None, str]]:
 
 @pytest.mark.e2e
 @pytest.mark.dist
+@pytest.mark.slow  # ~100 s; the default suite keeps the dry run and the config checks
 def test_tiny_sweep_picks_on_validation_nests_runs_resumes_and_best_yaml_reruns(
     tiny_features: Path,
     mlflow_db: Path,

@@ -71,6 +71,7 @@ def test_retry_bounds_leave_user_settings_alone() -> None:
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # train + evaluate + compress, ~70 s (test_run's main job also logs to the embedded store)
 def test_embedded_store_records_the_run_evaluation_and_compression(
     features: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -111,6 +111,7 @@ def test_readme_training_commands(movielens: Path, tmp_path: Path) -> None:
     assert "test metrics of the exported model" in out
 
 
+@pytest.mark.slow  # a full MovieLens epoch, ~60-90 s
 def test_movielens_trains_to_a_useful_auc(movielens: Path, tmp_path: Path) -> None:
     features = movielens
     cfg = _config(
