@@ -43,6 +43,7 @@ def _config(path: Path, features: Path, out_dir: Path, **overrides: object) -> P
     return path
 
 
+@pytest.mark.slow  # 3 two-rank launches; the default suite resumes through the README's training commands
 def test_resume_reaches_the_same_result(tmp_path: Path) -> None:
     schema = write_tiny_dataset(tmp_path / "raw", n=400)
     features = tmp_path / "features"
