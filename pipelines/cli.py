@@ -352,7 +352,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pipelines.run import run_from_cli
+    from pipelines.job.run import run_from_cli
 
     try:
         run_from_cli(args.pipeline, args.set, args.start, args.until, args.force, args.verbose)
@@ -363,10 +363,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _add_run_parser(sub: Any) -> None:
-    steps = "data, features, tower, train, evaluate, compress, register, promote, score"
+    from pipelines.job import OPTIONAL, STEPS
+
+    steps = ", ".join(STEPS)
     p = sub.add_parser(
         "run",
-        help="the main job: data -> features -> train -> evaluate -> compress -> register -> promote -> score",
+        help="the main job: " + " -> ".join(f"[{s}]" if s in OPTIONAL else s for s in STEPS),
         description="Runs every step of PIPELINE.yaml (see configs/pipeline/ and docs/pipeline.md), skipping the "
         "steps whose inputs and config are unchanged; an interrupted job continues where it stopped.",
     )

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import steps
-from pipelines.run import load_job, run_pipeline
+from pipelines.job.config import load_job
+from pipelines.job.run import run_pipeline
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "pipeline"
 PIPELINES = {"movielens-100k": "demo-movielens", "fashion-clicks": "demo-fashion"}

@@ -34,8 +34,12 @@ def silence_known_library_noise() -> None:
     _installed = True
     # TorchRec logs this for every data-parallel table whether or not caching parameters were given (we give none).
     logging.getLogger("torchrec.distributed.utils").addFilter(_DropMessages("Sharding Type is data_parallel, caching"))
-    # The planner's plan check logs this for every data-parallel table: such tables have no sharding spec by design.
-    logging.getLogger().addFilter(_DropMessages("Sharding spec not found for "))
+    # The planner's plan check logs this for every data-parallel table: such tables have no sharding spec by design;
+    # TorchRec logs the second on every export of a model whose embedding bags take a KeyedJaggedTensor (all of ours):
+    # it is about tracing speed, a few seconds once per export (ranker/serving.py), not about the program.
+    logging.getLogger().addFilter(
+        _DropMessages("Sharding spec not found for ", "Trying to non-strict torch.export KJT to_dict")
+    )
     # TorchRec's own DistributedDataParallel wrappers still pass the deprecated argument; nothing for us to change.
     warnings.filterwarnings(
         "ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning, module=r"torchrec\."

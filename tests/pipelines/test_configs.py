@@ -61,7 +61,7 @@ def test_every_shipped_pipeline_config_loads_with_the_configs_it_names(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`ranker run`'s own check: the pipeline config and its training, compression and gate configs."""
-    from pipelines.run import load_job
+    from pipelines.job.config import load_job
 
     monkeypatch.chdir(ROOT)  # their paths are relative to the checkout, as the commands opening them say
     assert len(PIPELINE_CONFIGS) >= 4
