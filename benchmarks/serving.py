@@ -277,6 +277,7 @@ def main(argv: list[str] | None = None) -> None:
         diff = (reference[f"{name} (AOTI)"] - reference[name]).abs().max().item()
         latency[f"{name} (AOTI)"]["max_abs_diff_vs_program"] = diff
     scaling = [] if args.only else token_scaling((8, 16, 32, 64, 128), 16, args.scaling_batch, args.scaling_reps)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     if scaling:
         plot_scaling(scaling, args.out.with_name(args.out.name + "_scaling.png"), args.scaling_batch)
     result = {
@@ -299,7 +300,6 @@ def main(argv: list[str] | None = None) -> None:
         "aoti_compile_s": compile_s,
         "seconds": round(time.time() - started, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     args.out.with_suffix(".md").write_text(render(result))
     print(render(result))
