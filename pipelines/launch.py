@@ -13,6 +13,7 @@ import ipaddress
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -132,6 +133,13 @@ def exclusive(out_dir: Path) -> Iterator[None]:
         yield
 
 
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 def failure_line(log: str, code: int) -> str:
     """One line from torchrun's failure report: the rank that failed first, how it ended and, if any, its error."""
     block = log.rpartition(_ROOT_CAUSE)[2]
@@ -139,8 +147,14 @@ def failure_line(log: str, code: int) -> str:
     if "rank" not in fields:
         return f"training failed: torchrun exited with code {code} (its output is above)"
     exitcode = fields.get("exitcode", "?")
-    signal = re.search(r"\((SIG\w+)\)", exitcode)
-    how = f"was killed by {signal.group(1)}" if signal else f"exited with code {exitcode.split()[0]}"
+    killed = re.search(r"\((SIG\w+)\)", exitcode)
+    code_text = exitcode.split()[0]
+    if killed:
+        how = f"was killed by {killed.group(1)}"
+    elif code_text.isdigit() and 128 < int(code_text) < 128 + 32:  # a rank that ended itself on a signal (SIGTERM)
+        how = f"was stopped by {_signal_name(int(code_text) - 128)}"
+    else:
+        how = f"exited with code {code_text}"
     line = f"training failed: rank {fields['rank'].split()[0]} {how}"
     error_file = Path(fields.get("error_file", ""))
     if error_file.is_file():

@@ -263,8 +263,9 @@ def log_artifact(path: Path, artifact_path: str | None = None) -> None:
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
-def end_run() -> None:
-    mlflow.end_run()
+def end_run(status: str = "FINISHED") -> None:
+    """Ends the active run as ``FINISHED``, ``FAILED`` or ``KILLED`` (MLflow's run statuses)."""
+    mlflow.end_run(status)
 
 
 def log_to_training_run(run_dir: Path, metrics: dict[str, Any], artifacts: list[Path], artifact_path: str) -> str:

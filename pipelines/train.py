@@ -20,6 +20,7 @@ Run under ``torchrun`` (``ranker train --config C --nproc N`` launches it); ever
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -410,6 +411,17 @@ class _Tracker:
             print(f"[train] the model was not logged ({type(err).__name__}: {err}); the export is kept", flush=True)
             return None
 
+    def abort(self, err: BaseException) -> None:
+        """Ends an unfinished run as ``KILLED`` (Ctrl-C, SIGTERM) or ``FAILED`` (an error), so that the store does
+        not show it ``RUNNING`` for ever; a process killed by SIGKILL cannot, and a dead server is not waited for."""
+        if self.run is None or self.failure:
+            return
+        from pipelines import tracking
+
+        status = "KILLED" if isinstance(err, KeyboardInterrupt | SystemExit) else "FAILED"
+        with contextlib.suppress(Exception):  # the original error is what the user must see
+            tracking.end_run(status)
+
     def finish(self, artifacts: list[Path], step: int) -> None:
         """Logs ``artifacts`` and ends the run."""
         if not self.enabled:
@@ -478,6 +490,15 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at_step: int = 0) -> dict
     ``stop_at_step`` (> 0) ends the run right after the checkpoint at that step, as an interruption would.
     """
     run = _setup(cfg, resume)
+    try:
+        return _train_loop(run, stop_at_step)
+    except BaseException as err:
+        run.tracker.abort(err)
+        raise
+
+
+def _train_loop(run: _Run, stop_at_step: int) -> dict[str, Any]:
+    cfg = run.cfg
     state, losses, stopped_early, started = run.state, _LossSums(), False, time.time()
     while state.step < run.total_steps and not stopped_early:
         epoch = state.step // run.steps_per_epoch
@@ -651,6 +672,9 @@ def main(argv: list[str] | None = None) -> int:
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0
     resume = args.resume or (restarted and bool(checkpoints.complete(Path(cfg.out_dir) / CHECKPOINTS)))
     init_distributed(cfg.dist_timeout)
+    # A scheduler's preemption or torchrun stopping the other ranks sends SIGTERM: end as after Ctrl-C (the MLflow
+    # run is marked KILLED, not left RUNNING) instead of dying without any cleanup.
+    signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
     try:
         train(cfg, resume=resume, stop_at_step=args.stop_at_step)
         dist.barrier()

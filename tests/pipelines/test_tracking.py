@@ -18,7 +18,7 @@ import yaml
 
 from pipelines.build_features import build_features
 from pipelines.steps import read_manifest
-from tests.helpers import write_tiny_dataset
+from tests.helpers import descendants, write_tiny_dataset
 from tests.helpers_mlflow import free_port, mlflow_server
 
 ROOT = Path(__file__).parents[2]
@@ -52,6 +52,10 @@ def _config(tmp_path: Path, features: Path, **overrides: object) -> Path:
 def _env(uri: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in RETRY_KEYS}
     return {**env, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1", **extra}
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
 def _children_cpu() -> float:
@@ -195,3 +199,37 @@ def test_server_lost_mid_run_costs_no_checkpoint(features: Path, tmp_path: Path)
     (dataset,) = logged.inputs.dataset_inputs
     assert dataset.dataset.digest == read_manifest(features)["fingerprint"]
     assert [m.step for m in client.get_metric_history(logged.info.run_id, "valid.click.auc")] == [4]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_an_interrupted_run_ends_killed_not_running(features: Path, tmp_path: Path, stop: str) -> None:
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) or SIGTERM to the rank (a scheduler's
+    preemption) while rank 0 waits after step 3: the job fails and its MLflow run is KILLED, not left RUNNING."""
+    import mlflow
+
+    db = tmp_path / "mlflow.db"
+    cmd = [sys.executable, "-m", "pipelines.cli", "train", "--config", str(_config(tmp_path, features))]
+    env = _env(f"sqlite:///{db}", RANKER_FAULT=f"pause:0:3:{tmp_path / 'never'}")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
+    assert proc.stdout is not None
+    log = []
+    for line in proc.stdout:
+        log.append(line)
+        if "paused after step 3" in line:
+            if stop == "ctrl-c":
+                os.killpg(proc.pid, signal.SIGINT)
+            else:
+                cmdlines = {p: _cmdline(p) for p in descendants(proc.pid)}
+                (rank,) = [p for p, c in cmdlines.items() if "pipelines.train" in c and "distributed.run" not in c]
+                os.kill(rank, signal.SIGTERM)
+    code = proc.wait(timeout=300)
+    text = "".join(log)
+    assert code != 0 and any("paused after step 3" in line for line in log), text[-3000:]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")
+    (run,) = client.search_runs([client.get_experiment_by_name("tracking-test").experiment_id])
+    assert run.info.status == "KILLED", text[-3000:]
+    assert run.info.end_time is not None
+    if stop == "sigterm":
+        assert log[-1].startswith("ranker: error: training failed: rank 0 was stopped by SIGTERM"), text[-3000:]
