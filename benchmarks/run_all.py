@@ -5,11 +5,12 @@
     .venv/bin/python benchmarks/run_all.py --size tiny --results /tmp/bench-results --only features
                                                                     # plumbing check in seconds to minutes
 
-Order and inputs: the data sets are built once under ``--work`` (movielens-100k; fashion-clicks at 300k rows,
-seed 0, as model_quality.md); ``model_quality`` trains the movielens runs whose seed-0 exports (Hiformer, DCN-v2,
-DLRM) ``serving`` compresses and ``score`` scores, so those two need it (finished runs are reused). Each benchmark
-writes ``RESULTS/<name>.{json,md}``; this script then adds ``suite_run`` to the JSON (the command it ran, size,
-seconds, machine, package versions, commit) and rewrites ``RESULTS/SUMMARY.md`` (``benchmarks/summary.py``).
+Order and inputs: the data sets are built once under ``--work`` (movielens-100k; fashion-clicks at 300k rows, seed
+0, as the full protocols in ``results/studies/model_quality_*.md``); ``model_quality`` trains the movielens runs
+whose seed-0 exports (Hiformer, DCN-v2, DLRM) ``serving`` compresses and ``score`` scores, so those two need it
+(finished runs are reused). Each benchmark writes ``RESULTS/<name>.{json,md}``; this script then adds
+``suite_run`` to the JSON (the command it ran, size, seconds, machine, package versions, commit) and rewrites
+``RESULTS/SUMMARY.md`` (``benchmarks/summary.py``).
 
 Suite sizes (``SUITE``), chosen from the recorded results' timings (2-core shared machine, load 2-9): loader
 1M rows (about 1 min), training throughput 60 steps per model and rank count (about 5 min), model quality at
@@ -39,7 +40,8 @@ from benchmarks import summary  # noqa: E402
 from benchmarks.features_bench import machine  # noqa: E402
 
 SIZES = ("suite", "tiny")
-QUALITY_LR = "0.003"  # both Hiformer and DCN-v2 picked it in the full protocol (model_quality.md)
+# Both Hiformer and DCN-v2 picked it in the full protocol (results/studies/model_quality_before_sparse_fix.md).
+QUALITY_LR = "0.003"
 PACKAGES = ("torch", "torchrec", "fbgemm-gpu", "fbgemm-gpu-cpu", "polars", "pyarrow", "numpy", "mlflow")
 
 

@@ -59,6 +59,19 @@ def loader(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def speed_ratios(report: dict[str, Any], model: str = "hiformer", base: str = "dcnv2") -> dict[str, float]:
+    """``model``'s samples/s over ``base``'s: in the split and per (ranks, threads) throughput run."""
+    ratios = {}
+    splits = {s["model"]: s["samples_per_s"] for s in report["splits"]}
+    if model in splits and base in splits:
+        ratios["split (1 process)"] = splits[model] / splits[base]
+    runs = {(r["model"], r["ranks"], r["threads_per_rank"]): r["samples_per_s"] for r in report["throughput"]}
+    for (name, ranks, threads), value in sorted(runs.items()):
+        if name == model and (base, ranks, threads) in runs:
+            ratios[f"{ranks} rank(s) x {threads} thread(s)"] = value / runs[(base, ranks, threads)]
+    return ratios
+
+
 def training(data: dict[str, Any]) -> list[str]:
     rows: dict[str, dict[int, float]] = {}
     for run in data["throughput"]:
@@ -75,6 +88,16 @@ def training(data: dict[str, Any]) -> list[str]:
     for model, by_rank in rows.items():
         cells = " | ".join(f"{by_rank[r]:,.0f}" if r in by_rank else "-" for r in ranks)
         lines.append(f"| {model} | {cells} |")
+    peak = data.get("matmul_peak_gflops")
+    if peak:  # results from before the dense-part measurement have neither
+        dense = {s["model"]: s["dense_part"] for s in data["splits"]}
+        shares = ", ".join(f"{m} {100 * d['gflops_per_s'] / peak:.1f}%" for m, d in dense.items())
+        ratios = ", ".join(f"{k} {v:.2f}x" for k, v in speed_ratios(data).items())
+        lines += [
+            "",
+            f"Hiformer / DCN-v2 samples/s: {ratios}. Dense part (interaction + heads, forward + backward) as a share "
+            f"of the measured matmul peak ({peak:.1f} GFLOP/s): {shares}.",
+        ]
     return lines
 
 

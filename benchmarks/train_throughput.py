@@ -12,6 +12,11 @@ dense part, gradient clipping; no validation, checkpoints or export.
   wall time of ``next(loader)``, of the forward of ``sparse_arch`` (lookup + input/output distribution),
   ``dense_arch``, ``interaction`` and ``heads`` (forward hooks), the rest of the forward (token concat, loss, DMP),
   and of backward + clipping + optimiser step (fused table updates happen in the backward).
+- Dense part (issue 13's speed goal): forward + backward of the interaction and heads (``Ranker.score_tokens``) on
+  the real ``B x T x D`` tokens of a training batch, timed alone, with its floating-point operations counted by
+  ``torch.utils.flop_counter.FlopCounterMode`` (matrix products; element-wise work is not counted), against the
+  machine's matmul peak measured in the same process (the best of 1,024 x 1,024 fp32 products at the same thread
+  count).
 
 Usage::
 
@@ -36,11 +41,14 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.summary import speed_ratios  # noqa: E402
 from features.batch import RankBatch  # noqa: E402
 from features.loader import RankLoader  # noqa: E402
 from features.processor import FeatureMap, processed_files  # noqa: E402
@@ -51,6 +59,8 @@ from pipelines.train import TrainConfig, load_config, seed_everything  # noqa: E
 MODELS = ("hiformer", "transformer", "hetero_attention", "dcnv2", "dlrm")
 CONFIG = ROOT / "configs" / "train" / "bench-fashion.yaml"
 PARTS = ("sparse_arch", "dense_arch", "interaction", "heads")
+PEAK_SIZE = 1024  # n of the n x n x n matmul that measures the peak
+DENSE_REPS = 30
 SPLIT_THREADS = 1  # on the shared 2-core box two intra-op threads are several times slower than one
 
 
@@ -186,6 +196,48 @@ class PartTimer:
         return hook
 
 
+def best_seconds(call: Any, reps: int) -> float:
+    call()  # warm-up: allocations, one-time dispatch
+    spans = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        call()
+        spans.append(time.perf_counter() - t0)
+    return min(spans)
+
+
+def matmul_peak_gflops(n: int = PEAK_SIZE, reps: int = 10) -> float:
+    """The measured fp32 matmul rate at the current thread count: the best of ``reps`` ``n x n`` products."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / best_seconds(lambda: torch.mm(a, b), reps) / 1e9
+
+
+def dense_part(ranker: nn.Module, tokens: torch.Tensor, reps: int = DENSE_REPS) -> dict[str, float]:
+    """Forward + backward of interaction and heads on ``B x T x D`` ``tokens``: median ms, FLOPs, GFLOP/s."""
+    tokens = tokens.detach().requires_grad_()
+
+    def step() -> None:
+        ranker.zero_grad(set_to_none=True)
+        logits = ranker.score_tokens(tokens)  # (B, K)
+        F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits)).backward()
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    step()
+    spans = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        step()
+        spans.append(time.perf_counter() - t0)
+    seconds = statistics.median(spans)
+    return {
+        "ms": round(1e3 * seconds, 3),
+        "mflop": round(flops / 1e6, 2),
+        "gflops_per_s": round(flops / seconds / 1e9, 3),
+    }
+
+
 def split(model: str, args: argparse.Namespace) -> dict[str, Any]:
     """Per-part time of a training step in one process (DMP at world size 1, no prefetch thread)."""
     cfg = load_config(CONFIG, {"features": str(args.features), "out_dir": "-", "model.interaction": model})
@@ -196,6 +248,12 @@ def split(model: str, args: argparse.Namespace) -> dict[str, Any]:
     timer = PartTimer({name: getattr(ranker, name) for name in PARTS if getattr(ranker, name) is not None})
     loader = RankLoader(processed_files(args.features, "train"), fmap, cfg.batch_size, 0, 1, True, cfg.seed, "train", 0)
     stream = batches(loader)
+    seen: list[torch.Tensor] = []  # the interaction's input tokens of the last step
+
+    def keep_tokens(_: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        seen[:] = [inputs[0].detach()]
+
+    ranker.interaction.register_forward_pre_hook(keep_tokens)
     totals: dict[str, float] = defaultdict(float)
     steps = []
     for i in range(args.warmup + args.steps):
@@ -236,6 +294,7 @@ def split(model: str, args: argparse.Namespace) -> dict[str, Any]:
         "share": {k: round(v / total, 4) for k, v in ms.items()},
         "median_step_ms": round(1e3 * statistics.median(steps), 3),
         "samples_per_s": round(cfg.batch_size * args.steps / total, 1),
+        "dense_part": dense_part(ranker, seen[0]),
     }
 
 
@@ -245,7 +304,9 @@ def split_all(args: argparse.Namespace) -> None:
     # An in-process store: a single-rank group needs no rendezvous, and so no listening socket.
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     out = [split(model, args) for model in MODELS]
-    Path(args.result).write_text(json.dumps({"splits": out, "peak_rss_mib": round(peak_rss_mib(), 1)}, indent=2))
+    peak = round(matmul_peak_gflops(), 2)
+    result = {"splits": out, "peak_rss_mib": round(peak_rss_mib(), 1), "matmul_peak_gflops": peak}
+    Path(args.result).write_text(json.dumps(result, indent=2))
     dist.destroy_process_group()
 
 
@@ -293,6 +354,8 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         "Adagrad table update runs inside the backward. The interaction's backward is inside "
         "'backward + optimizer'.",
         "",
+        *dense_part_lines(report),
+        "",
         "## Notes",
         "",
         *[f"- {note}" for note in report["notes"]],
@@ -305,6 +368,30 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         "",
     ]
     path.write_text("\n".join(lines))
+
+
+def dense_part_lines(report: dict[str, Any]) -> list[str]:
+    peak = report.get("matmul_peak_gflops")
+    if not peak or "dense_part" not in report["splits"][0]:
+        return []
+    lines = [
+        f"## Dense part: interaction + heads, forward + backward ({report['threads']} thread, batch "
+        f"{report['batch_size_per_rank']})",
+        "",
+        f"Matmul peak measured in the same process: {peak:.1f} GFLOP/s ({PEAK_SIZE} x {PEAK_SIZE} fp32, best of 10).",
+        "",
+        "| model | ms | MFLOP | GFLOP/s | % of matmul peak |",
+        "|---|---|---|---|---|",
+    ]
+    for s in report["splits"]:
+        d = s["dense_part"]
+        lines.append(
+            f"| {s['model']} | {d['ms']:.2f} | {d['mflop']:.1f} | {d['gflops_per_s']:.2f} | "
+            f"{100 * d['gflops_per_s'] / peak:.1f}% |"
+        )
+    ratios = ", ".join(f"{k} {v:.2f}x" for k, v in speed_ratios(report).items())
+    lines += ["", f"Hiformer / DCN-v2 training samples/s (goal: at least 0.8x): {ratios}."]
+    return lines
 
 
 def main() -> int:
@@ -359,6 +446,7 @@ def main() -> int:
         "throughput": runs,
         "splits": split_result["splits"],
         "split_peak_rss_mib": split_result["peak_rss_mib"],
+        "matmul_peak_gflops": split_result["matmul_peak_gflops"],
         "notes": args.note,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,6 @@
-"""Hiformer vs DCN-v2 on movielens-100k: diagnosis and an equal extra tuning budget (follow-up of model_quality.md).
+"""Hiformer vs DCN-v2 on movielens-100k: diagnosis and an equal extra tuning budget.
+
+A follow-up of ``benchmarks/results/studies/model_quality_before_sparse_fix.md``.
 
 Protocol (everything else as in ``benchmarks/model_quality.py``: ``configs/train/bench-movielens.yaml``,
 ``--nproc 2``, dense lr 0.003, which both models picked there):
