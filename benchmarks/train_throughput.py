@@ -16,7 +16,7 @@ dense part, gradient clipping; no validation, checkpoints or export.
   the real ``B x T x D`` tokens of a training batch, timed alone, with its floating-point operations counted by
   ``torch.utils.flop_counter.FlopCounterMode`` (matrix products; element-wise work is not counted), against the
   machine's matmul peak measured in the same process (the best of 1,024 x 1,024 fp32 products at the same thread
-  count).
+  count); and the same step through ``torch.compile`` (its median and its one-time compile time), a speed lever.
 
 Usage::
 
@@ -55,6 +55,7 @@ from features.processor import FeatureMap, processed_files  # noqa: E402
 from pipelines.distributed import init_distributed  # noqa: E402
 from pipelines.launch import LOOPBACK, local_env  # noqa: E402
 from pipelines.train import TrainConfig, load_config, seed_everything  # noqa: E402
+from ranker.library_noise import silence_known_library_noise  # noqa: E402
 
 MODELS = ("hiformer", "transformer", "hetero_attention", "dcnv2", "dlrm")
 CONFIG = ROOT / "configs" / "train" / "bench-fashion.yaml"
@@ -105,6 +106,7 @@ def batches(loader: RankLoader) -> Iterator[RankBatch]:
 
 def worker(args: argparse.Namespace) -> None:
     """One rank of a throughput measurement (under torchrun); rank 0 writes the JSON result."""
+    silence_known_library_noise()  # as every training rank does
     torch.set_num_threads(args.threads[0])
     init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -213,28 +215,43 @@ def matmul_peak_gflops(n: int = PEAK_SIZE, reps: int = 10) -> float:
 
 
 def dense_part(ranker: nn.Module, tokens: torch.Tensor, reps: int = DENSE_REPS) -> dict[str, float]:
-    """Forward + backward of interaction and heads on ``B x T x D`` ``tokens``: median ms, FLOPs, GFLOP/s."""
+    """Forward + backward of interaction and heads on ``B x T x D`` ``tokens``: median ms, FLOPs, GFLOP/s; and the
+    same step through ``torch.compile`` (a lever of issue 13: its median ms and its one-time compile seconds)."""
     tokens = tokens.detach().requires_grad_()
 
-    def step() -> None:
-        ranker.zero_grad(set_to_none=True)
-        logits = ranker.score_tokens(tokens)  # (B, K)
-        F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits)).backward()
+    def make_step(score: Any) -> Any:
+        def step() -> None:
+            ranker.zero_grad(set_to_none=True)
+            logits = score(tokens)  # (B, K)
+            F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits)).backward()
 
+        return step
+
+    def median_seconds(step: Any) -> float:
+        spans = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            step()
+            spans.append(time.perf_counter() - t0)
+        return statistics.median(spans)
+
+    eager = make_step(ranker.score_tokens)
     with FlopCounterMode(display=False) as counter:
-        step()
+        eager()
     flops = counter.get_total_flops()
-    step()
-    spans = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        step()
-        spans.append(time.perf_counter() - t0)
-    seconds = statistics.median(spans)
+    eager()
+    seconds = median_seconds(eager)
+    compiled = make_step(torch.compile(ranker.score_tokens, dynamic=False))
+    t0 = time.perf_counter()
+    compiled()  # the compilation
+    compile_s = time.perf_counter() - t0
+    compiled()
     return {
         "ms": round(1e3 * seconds, 3),
         "mflop": round(flops / 1e6, 2),
         "gflops_per_s": round(flops / seconds / 1e9, 3),
+        "compiled_ms": round(1e3 * median_seconds(compiled), 3),
+        "compile_s": round(compile_s, 1),
     }
 
 
@@ -300,6 +317,7 @@ def split(model: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def split_all(args: argparse.Namespace) -> None:
     """All models' splits in one process (worker mode: a single-rank process group for DMP)."""
+    silence_known_library_noise()
     torch.set_num_threads(SPLIT_THREADS)
     # An in-process store: a single-rank group needs no rendezvous, and so no listening socket.
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
@@ -380,14 +398,15 @@ def dense_part_lines(report: dict[str, Any]) -> list[str]:
         "",
         f"Matmul peak measured in the same process: {peak:.1f} GFLOP/s ({PEAK_SIZE} x {PEAK_SIZE} fp32, best of 10).",
         "",
-        "| model | ms | MFLOP | GFLOP/s | % of matmul peak |",
-        "|---|---|---|---|---|",
+        "| model | ms | MFLOP | GFLOP/s | % of matmul peak | `torch.compile`d ms (speed-up) | compile s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for s in report["splits"]:
         d = s["dense_part"]
+        compiled = f"{d['compiled_ms']:.2f} ({d['ms'] / d['compiled_ms']:.2f}x) | {d['compile_s']:.0f}"
         lines.append(
             f"| {s['model']} | {d['ms']:.2f} | {d['mflop']:.1f} | {d['gflops_per_s']:.2f} | "
-            f"{100 * d['gflops_per_s'] / peak:.1f}% |"
+            f"{100 * d['gflops_per_s'] / peak:.1f}% | {compiled} |"
         )
     ratios = ", ".join(f"{k} {v:.2f}x" for k, v in speed_ratios(report).items())
     lines += ["", f"Hiformer / DCN-v2 training samples/s (goal: at least 0.8x): {ratios}."]
