@@ -108,8 +108,8 @@ def _serving(p: Paths, size: str) -> list[str]:
 
 def _score(p: Paths, size: str) -> list[str]:
     rows = {"suite": "1000000", "tiny": "5000"}[size]
-    return ["benchmarks/score_bench.py", "--model", str(p.quality_run("hiformer") / "export"), "--raw",
-            str(p.data / "raw" / "movielens-100k"), "--rows", rows, "--work", str(p.work / "score"),
+    return ["benchmarks/score_bench.py", "--model", str(p.quality_run("hiformer") / "export"), "--source",
+            str(p.features("movielens-100k") / "source"), "--rows", rows, "--work", str(p.work / "score"),
             "--out", str(p.results / "score.json")]  # fmt: skip
 
 

@@ -1,9 +1,11 @@
 """Batch scoring throughput and peak memory of ``ranker score`` at 1M and 10M raw rows.
 
-    .venv/bin/python benchmarks/score_bench.py --model runs/demo-movielens/export --rows 1000000 10000000
+    .venv/bin/python benchmarks/score_bench.py --model runs/demo-movielens/export --rows 1000000 10000000 \
+        --source data/features/movielens-100k/source
 
-The input is unlabeled raw rows in the MovieLens demo schema: rows of ``data/raw/movielens-100k`` (built with
-``pipelines.data.build_dataset`` under ``--work`` if missing) drawn with replacement, seed per file, written as
+The input is unlabeled raw rows in the MovieLens demo schema: the joined rows of the train/valid/test splits that the
+feature build stages under ``FEATURES/source/`` (``--source``; MovieLens' raw data is three tables joined by its
+schema's ``source:`` section), drawn with replacement, seed per file, written as
 parquet files of 1M rows (row groups of 128k) under ``--work``, then scored by ``ranker score`` (``--nproc``
 processes) in a fresh child process whose peak RSS is the kernel's ``ru_maxrss`` from ``os.wait4`` (with
 ``--nproc 1`` the scoring runs in that process). Everything under ``--work`` is deleted afterwards.
@@ -35,11 +37,15 @@ ROW_GROUP = 131_072
 LABELS = ("rating", "label", "timestamp")  # not inputs of the model: unlabeled rows
 
 
-def write_inputs(raw_dir: Path, rows: int, out: Path) -> list[Path]:
-    """``rows`` unlabeled rows drawn from the raw MovieLens splits, in files of at most :data:`FILE_ROWS`."""
+def write_inputs(source: Path, rows: int, out: Path) -> list[Path]:
+    """``rows`` unlabeled rows drawn from the joined MovieLens splits, in files of at most :data:`FILE_ROWS`."""
     import polars as pl
 
-    pool = pl.concat([pl.read_parquet(raw_dir / f"{s}.parquet") for s in ("train", "valid", "test")])
+    splits = [source / f"{s}.parquet" for s in ("train", "valid", "test")]
+    missing = [str(f) for f in splits if not f.exists()]
+    if missing:
+        raise SystemExit(f"score_bench: --source {source}: missing {', '.join(missing)} (build the features first)")
+    pool = pl.concat([pl.read_parquet(f) for f in splits])
     pool = pool.drop([c for c in LABELS if c in pool.columns])
     out.mkdir(parents=True, exist_ok=True)
     files = []
@@ -110,7 +116,12 @@ def markdown(report: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=REPO / "runs" / "demo-movielens" / "export")
-    parser.add_argument("--raw", type=Path, default=REPO / "data" / "raw" / "movielens-100k")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=REPO / "data" / "features" / "movielens-100k" / "source",
+        help="train/valid/test parquet of joined raw rows (FEATURES/source/ of the MovieLens feature build)",
+    )
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--nproc", type=int, default=1)
     parser.add_argument("--work", type=Path, default=Path("/tmp/scorebench"))
@@ -124,16 +135,10 @@ def main() -> None:
         "mlflow": version("mlflow"),
         "runs": [],
     }
-    raw = args.raw
     try:
-        if not (raw / "train.parquet").exists():
-            from pipelines.data import build_dataset
-
-            raw = args.work / "raw"
-            build_dataset("movielens-100k", raw)
         for rows in args.rows:
             inputs = args.work / f"in-{rows}"
-            write_inputs(raw, rows, inputs)
+            write_inputs(args.source, rows, inputs)
             run = score_child(args.model, inputs, args.work / f"out-{rows}", args.nproc)
             print(json.dumps(run), flush=True)
             report["runs"].append(run)
