@@ -1,7 +1,7 @@
 # hiformer-ranker: two commands do all set-up on a fresh machine.
 #   make demo   builds the environment and runs the default job on the built-in data
 #   make test   builds the environment and runs the test suite (what CI runs)
-#   make bench  runs the benchmark suite (~45-60 min on an idle 2-core CPU): benchmarks/results/*.json + SUMMARY.md
+#   make bench  runs the benchmark suite (~45-50 min on an idle 2-core CPU): benchmarks/results/*.json + SUMMARY.md
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv

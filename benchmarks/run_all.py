@@ -1,6 +1,6 @@
 """The benchmark suite (`make bench`): every benchmark at one documented size, then ``SUMMARY.md``.
 
-    .venv/bin/python benchmarks/run_all.py                          # the suite, ~45-60 min on an idle 2-core CPU
+    .venv/bin/python benchmarks/run_all.py                          # the suite, ~45-50 min on an idle 2-core CPU
     .venv/bin/python benchmarks/run_all.py --only serving score     # a partial rerun; the summary is redone
     .venv/bin/python benchmarks/run_all.py --size tiny --results /tmp/bench-results --only features
                                                                     # plumbing check in seconds to minutes
@@ -12,11 +12,13 @@ whose seed-0 exports (Hiformer, DCN-v2, DLRM) ``serving`` compresses and ``score
 ``suite_run`` to the JSON (the command it ran, size, seconds, machine, package versions, commit) and rewrites
 ``RESULTS/SUMMARY.md`` (``benchmarks/summary.py``).
 
-Suite sizes (``SUITE``), chosen from the recorded results' timings (2-core shared machine, load 2-9): loader
-1M rows (about 1 min), training throughput 60 steps per model and rank count (about 5 min), model quality at
-dense lr 0.003 and seeds 0 and 1, 14 runs (about 12-15 min), serving 200 requests, 100 fine-tune steps, no
-AOTInductor (about 15 min), scoring 1M rows (1-8 min), towers 3,000 photos x 2 epochs (about 8-10 min): about 45-55
-minutes in all, plus the data (about 1 min). The full studies' sizes are in each script's docstring.
+Suite sizes, with the times measured in the suite run of 2026-12-02 (2-vCPU AMD EPYC, quiet): loader 1M rows
+(about 1 min), training throughput 60 steps per model and rank count plus the dense-part and ``torch.compile``
+measurements (6 min), model quality at dense lr 0.003 and seeds 0 and 1, 20 runs (14 min), serving 200 requests,
+100 fine-tune steps, no AOTInductor (about 15 min, estimated from the full run's 27 min at 500 requests with
+AOTInductor), scoring 1M rows (33 s), towers 3,000 photos x 2 epochs (9 min): about 45-50 minutes in all, plus the
+data (about 1 min). The full studies' sizes are in each script's docstring; the committed ``serving.*`` is the full
+run (its own command is in the file).
 """
 
 from __future__ import annotations
