@@ -103,8 +103,9 @@ def _load(
 ) -> tuple[_Columns, list[str]]:
     """Read one or two prediction sources (``(source, score_prefix)`` per model) into aligned arrays.
 
-    Two distinct sources are joined 1:1 on (group_id, item_id); labels, weights and slices come from the first and
-    the second must carry the same labels.
+    Two distinct sources are joined 1:1 on (group_id, item_id), or row by row when those keys repeat and both files
+    list them in the same order; labels, weights and slices come from the first and the second must carry the same
+    labels.
     """
     first, prefix_a = sources[0]
     names = _schema(first)
@@ -126,7 +127,14 @@ def _load(
         try:
             joined = df.join(other, on=keys, how="inner", validate="1:1", maintain_order="left")
         except pl.exceptions.ComputeError as err:
-            raise ValueError(f"{keys} must be unique in both prediction files to compare them 1:1") from err
+            # Repeated keys (an impression logged twice) pair unambiguously only row by row: both files must then
+            # list the same keys in the same order, as two evaluations of the same split do.
+            if df.height != other.height or not df.select(keys).equals(other.select(keys)):
+                raise ValueError(
+                    f"{keys} repeat, so the two prediction files can only be compared row by row, and their "
+                    f"{keys} differ in order or content: compare predictions of the same split"
+                ) from err
+            joined = pl.concat([df, other.drop(keys)], how="horizontal")
         if joined.height != df.height or joined.height != other.height:
             raise ValueError(f"predictions do not match 1:1 on {keys}: {df.height} vs {other.height} rows")
         for t in tasks:

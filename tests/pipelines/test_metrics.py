@@ -460,10 +460,23 @@ def test_compare_rejects_mismatched_inputs() -> None:
         M.compare(df, df.with_columns((1 - pl.col("label_click")).alias("label_click")), config=FAST)
     with pytest.raises(ValueError, match="two different score prefixes"):
         M.compare(df, config=FAST)
-    with pytest.raises(ValueError, match="unique in both"):
+    with pytest.raises(ValueError, match="differ in order or content"):
         M.compare(df, pl.concat([df.head(299), df.head(1)]), config=FAST)
     with pytest.raises(ValueError, match="no rows"):
         M.evaluate(df.head(0), config=FAST)
+
+
+def test_compare_pairs_repeated_keys_row_by_row() -> None:
+    """Repeated (group, item) keys in the same order in both files pair by row: the comparison equals the one of
+    the same rows with unique item ids (the metrics never read item ids)."""
+    df = synthetic_predictions(n_rows=300)
+    scores_b = pl.Series("score_click", np.random.default_rng(1).permutation(df["score_click"].to_numpy()))
+    repeated = df.with_columns(pl.lit(7, dtype=pl.Int64).alias("item_id"))  # every key repeats within its group
+    other = repeated.with_columns(scores_b)
+    got = M.compare(repeated, other, config=FAST)
+    assert got["overall"] == M.compare(df, df.with_columns(scores_b), config=FAST)["overall"]
+    with pytest.raises(ValueError, match="differ in order or content"):
+        M.compare(repeated, other.reverse(), config=FAST)
 
 
 def test_write_results_json_keys_and_markdown(tmp_path: Path) -> None:
