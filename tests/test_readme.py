@@ -7,7 +7,6 @@ import re
 import shutil
 from pathlib import Path
 
-import polars as pl
 import pytest
 
 from pipelines.cli import main
@@ -65,10 +64,6 @@ def test_readme_compression_and_evaluation_commands(tmp_path: Path, monkeypatch:
     export, features = build_tiny_export(tmp_path / "tiny")
     shutil.copytree(export, tmp_path / "runs" / "demo-movielens" / "train" / "export")
     shutil.copytree(features, tmp_path / "data" / "features" / "movielens-100k")
-    # `ranker compare` pairs rows by (group, item), unique in MovieLens' ratings; the tiny data repeats a few pairs.
-    for part in (tmp_path / "data" / "features" / "movielens-100k" / "test").glob("*.parquet"):
-        frame = pl.read_parquet(part)
-        frame.unique(subset=["group_id", "item_id"], keep="first", maintain_order=True).write_parquet(part)
     (tmp_path / "configs").symlink_to(ROOT / "configs")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RANKER_RUNS", str(tmp_path / "runs"))
