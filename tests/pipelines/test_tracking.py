@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -215,16 +216,23 @@ def test_an_interrupted_run_ends_killed_not_running(features: Path, tmp_path: Pa
                             start_new_session=True)  # fmt: skip
     assert proc.stdout is not None
     log = []
-    for line in proc.stdout:
-        log.append(line)
-        if "paused after step 3" in line:
-            if stop == "ctrl-c":
-                os.killpg(proc.pid, signal.SIGINT)
-            else:
-                cmdlines = {p: _cmdline(p) for p in descendants(proc.pid)}
-                (rank,) = [p for p, c in cmdlines.items() if "pipelines.train" in c and "distributed.run" not in c]
-                os.kill(rank, signal.SIGTERM)
-    code = proc.wait(timeout=300)
+    try:
+        for line in proc.stdout:
+            log.append(line)
+            if "paused after step 3" in line:
+                if stop == "ctrl-c":
+                    os.killpg(proc.pid, signal.SIGINT)
+                else:
+                    cmdlines = {p: _cmdline(p) for p in descendants(proc.pid)}
+                    (rank,) = [p for p, c in cmdlines.items() if "pipelines.train" in c and "distributed.run" not in c]
+                    os.kill(rank, signal.SIGTERM)
+        code = proc.wait(timeout=300)
+    finally:  # a failing test must not leave a job paused for ever
+        if proc.poll() is None:
+            for pid in [*descendants(proc.pid), proc.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.wait()
     text = "".join(log)
     assert code != 0 and any("paused after step 3" in line for line in log), text[-3000:]
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")
