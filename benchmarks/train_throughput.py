@@ -198,20 +198,21 @@ class PartTimer:
         return hook
 
 
-def best_seconds(call: Any, reps: int) -> float:
-    call()  # warm-up: allocations, one-time dispatch
-    spans = []
+def spans(call: Any, reps: int) -> list[float]:
+    """Seconds of ``reps`` calls, after one warm-up call (allocations, one-time dispatch)."""
+    call()
+    out = []
     for _ in range(reps):
         t0 = time.perf_counter()
         call()
-        spans.append(time.perf_counter() - t0)
-    return min(spans)
+        out.append(time.perf_counter() - t0)
+    return out
 
 
 def matmul_peak_gflops(n: int = PEAK_SIZE, reps: int = 10) -> float:
     """The measured fp32 matmul rate at the current thread count: the best of ``reps`` ``n x n`` products."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    return 2 * n**3 / best_seconds(lambda: torch.mm(a, b), reps) / 1e9
+    return 2 * n**3 / min(spans(lambda: torch.mm(a, b), reps)) / 1e9
 
 
 def dense_part(ranker: nn.Module, tokens: torch.Tensor, reps: int = DENSE_REPS) -> dict[str, float]:
@@ -227,30 +228,20 @@ def dense_part(ranker: nn.Module, tokens: torch.Tensor, reps: int = DENSE_REPS) 
 
         return step
 
-    def median_seconds(step: Any) -> float:
-        spans = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            step()
-            spans.append(time.perf_counter() - t0)
-        return statistics.median(spans)
-
     eager = make_step(ranker.score_tokens)
     with FlopCounterMode(display=False) as counter:
         eager()
     flops = counter.get_total_flops()
-    eager()
-    seconds = median_seconds(eager)
+    seconds = statistics.median(spans(eager, reps))
     compiled = make_step(torch.compile(ranker.score_tokens, dynamic=False))
     t0 = time.perf_counter()
     compiled()  # the compilation
     compile_s = time.perf_counter() - t0
-    compiled()
     return {
         "ms": round(1e3 * seconds, 3),
         "mflop": round(flops / 1e6, 2),
         "gflops_per_s": round(flops / seconds / 1e9, 3),
-        "compiled_ms": round(1e3 * median_seconds(compiled), 3),
+        "compiled_ms": round(1e3 * statistics.median(spans(compiled, reps)), 3),
         "compile_s": round(compile_s, 1),
     }
 
