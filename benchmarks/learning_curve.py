@@ -36,9 +36,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.image_towers_ranker import cached_step, cli, fmt_delta, paired_auc_delta  # noqa: E402
-
 from benchmarks.features_bench import machine  # noqa: E402
+from benchmarks.studies.image_towers_ranker import cached_step, cli, fmt_delta, paired_auc_delta  # noqa: E402
 
 CONFIG = "configs/train/bench-fashion.yaml"
 DATASET = "fashion-clicks"

@@ -6,6 +6,7 @@ The summary is rendered from the committed result files; every number checked he
 from __future__ import annotations
 
 import json
+import runpy
 import shutil
 import subprocess
 import sys
@@ -112,3 +113,13 @@ def test_run_all_runs_one_benchmark_and_stamps_it(tmp_path: Path) -> None:
     part = _section(text, "Loader throughput")
     assert all(f"{run['median_rows_per_s_excl_first']:,.0f}" in part for run in result["loader"])
     assert "Not measured: `serving.json` is missing." in text
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "script", sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "benchmarks").rglob("*.py")), ids=str
+)
+def test_every_benchmark_script_imports(script: str) -> None:
+    """Each script's module body runs (imports resolve), without its ``__main__`` block: a moved helper module
+    once broke ``learning_curve.py`` unnoticed, because no test runs the hours-long benchmarks."""
+    runpy.run_path(str(ROOT / script), run_name="benchmark_import_check")
