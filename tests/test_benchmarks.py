@@ -123,3 +123,16 @@ def test_every_benchmark_script_imports(script: str) -> None:
     """Each script's module body runs (imports resolve), without its ``__main__`` block: a moved helper module
     once broke ``learning_curve.py`` unnoticed, because no test runs the hours-long benchmarks."""
     runpy.run_path(str(ROOT / script), run_name="benchmark_import_check")
+
+
+@pytest.mark.unit
+def test_equal_budget_t_interval_matches_scipys_one_sample_t_test() -> None:
+    from scipy import stats
+
+    from benchmarks.equal_budget import t_interval
+
+    deltas = [0.004, -0.001, 0.0065, 0.002, 0.003]
+    expected = stats.ttest_1samp(deltas, 0.0).confidence_interval(0.95)
+    got = t_interval(deltas)
+    assert got["ci_low"] == pytest.approx(expected.low) and got["ci_high"] == pytest.approx(expected.high)
+    assert t_interval([0.01]) == {"mean": 0.01, "ci_low": None, "ci_high": None}
