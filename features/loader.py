@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -31,6 +31,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from features.batch import RankBatch
 from features.processor import FeatureMap
+from features.schema import OOV_ID
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,31 @@ class BatchBuilder:
         )
 
 
+def check_id_dropout(fmap: FeatureMap, id_dropout: Mapping[str, float]) -> dict[str, float]:
+    """``id_dropout`` checked against the feature map: single-valued sparse features, probabilities in [0, 1)."""
+    kinds = {s.name: s.kind for s in fmap.sparse}
+    for name, p in id_dropout.items():
+        if name not in kinds:
+            raise ValueError(f"id_dropout: {name!r} is not a sparse feature; the features are {sorted(kinds)}")
+        if kinds[name] != "single":
+            raise ValueError(f"id_dropout: {name!r} is multi-valued; only single-valued features can drop their id")
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"id_dropout: the probability of {name!r} must be in [0, 1), got {p}")
+    return dict(id_dropout)
+
+
+def drop_ids(batch: RankBatch, id_dropout: Mapping[str, float], rng: np.random.Generator) -> RankBatch:
+    """Replaces each row's id of every feature in ``id_dropout`` by the out-of-vocabulary id with its probability
+    (in place: the batch's id tensor is its own). Features must be single-valued (one id per row)."""
+    values = batch.sparse.values()
+    offsets = dict(zip(batch.sparse.keys(), batch.sparse.offset_per_key(), strict=False))
+    for name, p in id_dropout.items():
+        start = offsets[name]
+        drop = torch.from_numpy(rng.random(batch.batch_size) < p)  # (B,)
+        values[start : start + batch.batch_size][drop] = OOV_ID
+    return batch
+
+
 class RankLoader:
     """Iterates one rank's share of a processed split as :class:`RankBatch` es.
 
@@ -124,6 +150,10 @@ class RankLoader:
         seed: base seed; epoch ``e`` uses ``(seed, e)`` for row-group order and ``(seed, e, rank)`` within a rank.
         mode: ``"train"`` (skip < W rows) or ``"eval"`` (pad with weight-0 rows); see the module docstring.
         prefetch: batches prepared ahead in a background thread (0: no thread).
+        id_dropout: single-valued sparse feature -> probability that a row's id is replaced by the
+            out-of-vocabulary id (``mode="train"`` only; DropoutNet-style, so that the model learns to score rows
+            whose id has no embedding of its own, e.g. cold items, from their other tokens such as the image).
+            Drawn from ``(seed, epoch, rank)`` apart from the shuffling: the same seed drops the same ids.
     """
 
     def __init__(
@@ -137,6 +167,7 @@ class RankLoader:
         seed: int = 0,
         mode: Literal["train", "eval"] = "train",
         prefetch: int = 4,
+        id_dropout: Mapping[str, float] | None = None,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside [0, {world_size})")
@@ -147,6 +178,7 @@ class RankLoader:
             raise ValueError("no processed files given")
         available = self.files[0].schema_arrow.names
         self.builder = BatchBuilder(fmap, available)
+        self.id_dropout = check_id_dropout(fmap, id_dropout or {}) if mode == "train" else {}
         self.units = [
             _Unit(i, g, f.metadata.row_group(g).num_rows)
             for i, f in enumerate(self.files)
@@ -191,6 +223,14 @@ class RankLoader:
                 break
 
     def _batches(self) -> Iterator[RankBatch]:
+        if not self.id_dropout:
+            yield from self._built_batches()
+            return
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, 1])  # not the shuffle's stream
+        for batch in self._built_batches():
+            yield drop_ids(batch, self.id_dropout, rng)
+
+    def _built_batches(self) -> Iterator[RankBatch]:
         rng = np.random.default_rng([self.seed, self.epoch, self.rank])
         pending: pa.Table | None = None
         emitted = 0

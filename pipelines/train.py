@@ -46,7 +46,7 @@ from torchrec.optim.keyed import CombinedOptimizer
 from common.config import load_yaml, parse_overrides, to_dict
 from features.batch import RankBatch
 from features.images import load_images
-from features.loader import RankLoader
+from features.loader import RankLoader, check_id_dropout
 from features.processor import FEATURE_MAP, FeatureMap, processed_files
 from pipelines import checkpoints, steps
 from pipelines import metrics as M
@@ -114,6 +114,10 @@ class TrainConfig:
     experiment: str = "hiformer-ranker"
     keep_checkpoints: int = 2  # newest complete checkpoints kept (the best one is always kept too)
     dist_timeout: int = 600  # seconds a collective may wait for a stuck or dead rank before the job fails
+    # Single-valued sparse feature -> probability a training row's id is replaced by the out-of-vocabulary id
+    # (DropoutNet-style), e.g. {item: 0.1}: the model learns to score items without an embedding of their own
+    # (cold items) from their other tokens, such as the image (docs/vision_towers.md, "Cold items").
+    id_dropout: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         positive = (
@@ -173,6 +177,7 @@ def preflight(cfg: TrainConfig, resume: bool = False, cuda: bool | None = None) 
             "rebuild them with `ranker features build SCHEMA.yaml`"
         )
     check_model_config(fmap, cfg.model, features)
+    check_id_dropout(fmap, cfg.id_dropout)
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if not cuda and not set(cfg.sharding_types) <= set(CPU_SHARDING_TYPES):
         wrong = sorted(set(cfg.sharding_types) - set(CPU_SHARDING_TYPES))
@@ -552,8 +557,9 @@ def _setup(cfg: TrainConfig, resume: bool) -> _Run:
         cfg.optim.sparse_lr,
     )
     train_loader = RankLoader(
-        processed_files(features, "train"), fmap, cfg.batch_size, rank, world, True, cfg.seed, "train", cfg.prefetch
-    )
+        processed_files(features, "train"), fmap, cfg.batch_size, rank, world, True, cfg.seed, "train", cfg.prefetch,
+        id_dropout=cfg.id_dropout,
+    )  # fmt: skip
     valid_loader = RankLoader(
         processed_files(features, "valid"), fmap, cfg.eval_batch_size, rank, world, mode="eval", prefetch=cfg.prefetch
     )

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from features.loader import RankLoader
 from features.processor import FeatureMap, fit, processed_files, transform
-from features.schema import load_schema
+from features.schema import OOV_ID, load_schema
 
 pytestmark = pytest.mark.unit
 
@@ -103,3 +103,45 @@ def test_eval_padding_has_zero_weight(processed) -> None:
     assert sum(float(w.sum()) for w in weights) == total
     assert {len(w) for w in weights} == {-(-total // world)}
     assert np.all(np.isin(torch.cat(weights).numpy(), [0.0, 1.0]))
+
+
+def _ids(loader: RankLoader, key: str) -> list[list[int]]:
+    return [batch.sparse[key].values().tolist() for batch in loader]
+
+
+def test_id_dropout_replaces_ids_by_the_oov_id_at_its_rate_and_nothing_else(processed) -> None:
+    """DropoutNet-style id dropout: only the named feature changes, only to OOV, at about the asked rate, on the
+    same rows in the same order; the same seed drops the same ids, another seed others; evaluation never drops."""
+    files, fmap = processed
+    args = dict(batch_size=50, shuffle=True, seed=3, prefetch=0)
+    plain, dropped = RankLoader(files, fmap, **args), RankLoader(files, fmap, **args, id_dropout={"item": 0.3})
+    assert _rows(plain) == _rows(dropped)  # the shuffle is untouched
+    for key in fmap.sparse_names:
+        if key != "item":
+            assert _ids(plain, key) == _ids(dropped, key), key
+    before = np.concatenate([np.asarray(b) for b in _ids(plain, "item")])
+    after = np.concatenate([np.asarray(b) for b in _ids(dropped, "item")])
+    changed = before != after
+    assert (after[changed] == OOV_ID).all()
+    eligible = (before != OOV_ID).sum()
+    rate = changed.sum() / eligible
+    assert abs(rate - 0.3) < 4 * (0.3 * 0.7 / eligible) ** 0.5, rate  # within 4 binomial standard deviations
+    assert _ids(dropped, "item") == _ids(RankLoader(files, fmap, **args, id_dropout={"item": 0.3}), "item")
+    other_seed = RankLoader(files, fmap, **{**args, "seed": 4}, id_dropout={"item": 0.3})
+    assert _ids(other_seed, "item") != _ids(RankLoader(files, fmap, **{**args, "seed": 4}), "item")
+    evaluation = RankLoader(files, fmap, batch_size=50, mode="eval", prefetch=0, id_dropout={"item": 0.3})
+    assert _ids(evaluation, "item") == _ids(RankLoader(files, fmap, batch_size=50, mode="eval", prefetch=0), "item")
+
+
+@pytest.mark.parametrize(
+    ("id_dropout", "message"),
+    [
+        ({"nope": 0.1}, "'nope' is not a sparse feature"),
+        ({"tags": 0.1}, "'tags' is multi-valued"),
+        ({"item": 1.0}, r"probability of 'item' must be in \[0, 1\), got 1.0"),
+    ],
+)
+def test_bad_id_dropout_is_one_clear_error(processed, id_dropout: dict[str, float], message: str) -> None:
+    files, fmap = processed
+    with pytest.raises(ValueError, match=message):
+        RankLoader(files, fmap, batch_size=50, id_dropout=id_dropout)

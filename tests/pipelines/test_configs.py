@@ -164,23 +164,23 @@ def test_vision_without_images_or_pretrained_file_is_caught(fmap: FeatureMap, tm
 
 @pytest.mark.e2e
 @pytest.mark.parametrize(
-    ("model", "expected"),
+    ("extra", "expected"),
     [
-        ({"interaction": "hiformer", "interaction_kwargs": {"hiformer": {"num_layer": 2}}}, "num_layer"),
-        ({"interaction": "dcnv2", "interaction_kwargs": {"dcnv2": {"structure": "sideways"}}}, "structure"),
+        ({"model": {"interaction": "hiformer", "interaction_kwargs": {"hiformer": {"num_layer": 2}}}}, "num_layer"),
+        ({"model": {"interaction": "dcnv2", "interaction_kwargs": {"dcnv2": {"structure": "sideways"}}}}, "structure"),
+        ({"id_dropout": {"tags": 0.1}}, "id_dropout: 'tags' is multi-valued"),
     ],
+    ids=["hiformer_key", "dcnv2_value", "id_dropout"],
 )
 def test_ranker_train_prints_one_error_line_before_launching(
-    tmp_path: Path, model: dict[str, object], expected: str
+    tmp_path: Path, extra: dict[str, object], expected: str
 ) -> None:
     schema = write_tiny_dataset(tmp_path / "raw", n=200)
     from pipelines.build_features import build_features
 
     build_features(schema, tmp_path / "features", progress=False)
     path = tmp_path / "bad.yaml"
-    path.write_text(
-        yaml.safe_dump({"features": str(tmp_path / "features"), "out_dir": str(tmp_path / "run"), "model": model})
-    )
+    path.write_text(yaml.safe_dump({"features": str(tmp_path / "features"), "out_dir": str(tmp_path / "run"), **extra}))
     cmd = [sys.executable, "-m", "pipelines.cli", "train", "--config", str(path), "--nproc", "2"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2, out.stderr
