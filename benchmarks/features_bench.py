@@ -159,7 +159,7 @@ def machine() -> dict[str, Any]:
     process's RSS high-water mark, which Linux copies into every child at exec and so into their ru_maxrss."""
     return {
         "lscpu_head": _sh("lscpu | head -20").splitlines(),
-        "nproc": int(_sh("nproc")),
+        "nproc": len(os.sched_getaffinity(0)),  # not `nproc`, which reports OMP_NUM_THREADS when it is set
         "memory": _sh("free -h | head -2").splitlines(),
         "loadavg_at_start": os.getloadavg(),
         "python": platform.python_version(),

@@ -1,0 +1,420 @@
+"""Cold items from images (issue 13, section 4): what the image towers know, and image-mapped item embeddings.
+
+Two measurements on a fashion-clicks log and no-image ranker runs trained on it (e.g. ``benchmarks/
+learning_curve.py``'s ``r300000-x1/hiformer-s*``):
+
+1. **Probe.** How much of the generator's visual score ``v_i`` (the click term only the photo reveals,
+   ``visual_weight * v_i`` in the true logit, docs/fashion_clicks.md; recomputed from the photos and the manifest's
+   ``visual_projection``, analysis only like ``true_p``) each image representation holds: ridge R^2 on held-out
+   items (80/20 split of the catalogue, seed 0) from a frozen pretrained tower's embedding, the same tower at random
+   initialisation, and the raw pixels.
+2. **Image-mapped item embeddings** (the meta-embedding / DropoutNet idea, without retraining the ranker): on the
+   items that have their own row in the trained item table (seen at least ``min_count`` times in training), fit a
+   map from the image representation to that row (ridge, or a one-hidden-layer MLP); then, for every test row whose
+   item has no row of its own (cold items, and rare warm items, which share the out-of-vocabulary row), replace the
+   item token by the mapped embedding and score with the unchanged model. Reported: the map's held-out R^2, test
+   AUC overall / cold / warm, and the cold AUC change with its paired request-level bootstrap interval
+   (``pipelines.metrics.compare`` against the run's own test predictions), and the share of the gap to the
+   observable cold ceiling (i) that it closes.
+
+Usage::
+
+    python benchmarks/studies/cold_items.py --data /work/lc/data-r300000-x1 \\
+        --runs /work/lc/runs/r300000-x1/hiformer-s0 /work/lc/runs/r300000-x1/hiformer-s1 \\
+        --tower-checkpoint runs/towers/caformer_fm.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from sklearn.linear_model import RidgeCV
+from sklearn.neural_network import MLPRegressor
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.features_bench import machine  # noqa: E402
+from benchmarks.studies.image_towers_ranker import cached_step, cli  # noqa: E402
+from benchmarks.towers_common import STUDIES, write_results  # noqa: E402
+from features.datasets.fashion_clicks import standardise_within_class, visual_stats  # noqa: E402
+from features.loader import RankLoader  # noqa: E402
+from features.processor import FeatureMap, processed_files  # noqa: E402
+from features.schema import OOV_ID  # noqa: E402
+from pipelines.metrics import EvalConfig, compare  # noqa: E402
+from ranker.build import VisionConfig, _tower, cached_item_embeddings  # noqa: E402
+from ranker.export import load_exported  # noqa: E402
+from vision_towers import prepare_images  # noqa: E402
+
+ITEM_FEATURE = "item"
+ALPHAS = np.logspace(-3, 4, 15)
+
+
+def visual_score(raw: Path) -> np.ndarray:
+    """The generator's ``v_i`` per item id, recomputed from the photos (within-class standardised twice)."""
+    manifest = json.loads((raw / "manifest.json").read_text())["results"]
+    items = pl.read_parquet(raw / "items.parquet").sort("item_id")
+    photos = np.load(raw / "images.npy")[items["image_index"].to_numpy()]
+    classes = items["true_class"].to_numpy()
+    z = standardise_within_class(visual_stats(photos), classes)
+    return standardise_within_class(z @ np.asarray(manifest["effects"]["visual_projection"]), classes)
+
+
+def representations(features: Path, tower: str, checkpoint: Path | None) -> dict[str, np.ndarray]:
+    """Item id -> image representation (``n_items x De``), per source."""
+    items = pl.read_parquet(features / "items.parquet").sort("item_id")
+    index = items["image_index"].to_numpy()
+    out = {"raw pixels (784)": np.load(features / "images.npy")[index].reshape(len(index), -1) / 255.0}
+    sources = {f"{tower} random init": VisionConfig(tower=tower, frozen=True)}
+    if checkpoint is not None:
+        sources[f"{tower} pretrained (classes)"] = VisionConfig(tower=tower, frozen=True, pretrained=str(checkpoint))
+    for name, cfg in sources.items():
+        out[name] = cached_item_embeddings(cfg, features, seed=0)[index]
+    return out
+
+
+def held_out_r2(fit: Callable[[np.ndarray, np.ndarray], Any], x: np.ndarray, y: np.ndarray, seed: int = 0) -> float:
+    """R^2 (pooled over output columns) on a held-out 20% of the rows of a model fitted on the other 80%."""
+    order = np.random.default_rng(seed).permutation(len(x))
+    cut = int(0.8 * len(x))
+    train, test = order[:cut], order[cut:]
+    pred = fit(x[train], y[train]).predict(x[test]).reshape(len(test), -1)
+    truth = y[test].reshape(len(test), -1)
+    return float(1.0 - ((pred - truth) ** 2).sum() / ((truth - truth.mean(axis=0)) ** 2).sum())
+
+
+def ridge(x: np.ndarray, y: np.ndarray) -> RidgeCV:
+    return RidgeCV(alphas=ALPHAS).fit(x, y)
+
+
+def mlp(x: np.ndarray, y: np.ndarray) -> MLPRegressor:
+    model = MLPRegressor(hidden_layer_sizes=(256,), alpha=1e-3, max_iter=300, early_stopping=True, random_state=0)
+    return model.fit(x, y)
+
+
+MAPS: dict[str, Callable[[np.ndarray, np.ndarray], Any]] = {"ridge": ridge, "mlp": mlp}
+
+
+def tower_map(
+    features: Path, cfg: VisionConfig, ids: np.ndarray, targets: np.ndarray, epochs: int, seed: int = 0
+) -> tuple[np.ndarray, float]:
+    """The tower (from ``cfg``'s weights) plus a linear head, trained end to end to regress the item-table rows of
+    80% of the items with a row (Adam, MSE, ``epochs`` passes); returns its ``n_items x D`` predictions for the whole
+    catalogue and its R^2 on the other 20%. This is "pretraining the tower on the warm items' click behaviour": the
+    rows are what the ranker learned about each item from its clicks."""
+    items = pl.read_parquet(features / "items.parquet").sort("item_id")
+    photos = np.load(features / "images.npy")[items["image_index"].to_numpy()]
+    torch.manual_seed(seed)
+    tower = _tower(cfg)
+    pixels = prepare_images(photos, int(tower.in_chans), int(tower.img_size))  # (n_items, C, H, W)
+    net = torch.nn.Sequential(tower, torch.nn.Linear(int(tower.embed_dim), targets.shape[1]))
+    order = np.random.default_rng(seed).permutation(len(ids))
+    cut = int(0.8 * len(ids))
+    train, test = ids[order[:cut]], ids[order[cut:]]
+    y = torch.zeros(len(photos), targets.shape[1])
+    y[torch.from_numpy(ids)] = torch.from_numpy(targets.astype(np.float32))
+    scale = y[torch.from_numpy(train)].std(dim=0)  # regress standardised columns, so every dimension counts
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        net.train()
+        for batch in torch.from_numpy(train)[torch.randperm(len(train), generator=generator)].split(128):
+            loss = ((net(pixels[batch]) - y[batch]) / scale).square().mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    net.eval()
+    with torch.no_grad():
+        table = torch.cat([net(chunk) for chunk in pixels.split(1024)]).numpy()
+    truth = y[torch.from_numpy(test)].numpy()
+    r2 = 1.0 - ((table[test] - truth) ** 2).sum() / ((truth - truth.mean(axis=0)) ** 2).sum()
+    return table, float(r2)
+
+
+def item_rows(features: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(item ids, their rows in the item table) of the items with a row of their own."""
+    vocab = pl.read_parquet(features / "vocab" / f"{ITEM_FEATURE}.parquet")
+    return np.array(vocab["value"].to_numpy()), np.array(vocab["id"].to_numpy())  # writable copies, for torch
+
+
+def mapped_predictions(run: Path, features: Path, table: np.ndarray, out: Path) -> dict[str, Any]:
+    """Test predictions of ``run``'s export with the item token of out-of-vocabulary rows replaced by
+    ``table[item_id]`` (``n_items x D``); written to ``out`` in ``ranker evaluate``'s predictions format."""
+    model = load_exported(run / "export")
+    fmap = FeatureMap.load(features)
+    position = model.sparse_arch.feature_names.index(ITEM_FEATURE) + (
+        model.dense_arch.num_tokens if model.dense_arch else 0
+    )
+    mapped = torch.from_numpy(table.astype(np.float32))
+    loader = RankLoader(processed_files(features, "test"), fmap, 4096, mode="eval")
+    parts, replaced = [], 0
+    with torch.no_grad():
+        for batch in loader:
+            ids = batch.sparse[ITEM_FEATURE].values()
+            assert ids.numel() == batch.batch_size, "the item feature has one id per row"
+            oov = ids == OOV_ID
+            tokens = model.tokens(batch)  # (B, T, D)
+            tokens[oov, position] = mapped[batch.item_ids[oov]]
+            replaced += int(oov.sum())
+            scores = torch.sigmoid(model.score_tokens(tokens))[:, 0]
+            keep = batch.weights > 0
+            parts.append(
+                pl.DataFrame(
+                    {
+                        "group_id": batch.group_ids[keep].numpy(),
+                        "item_id": batch.item_ids[keep].numpy(),
+                        "label_click": batch.labels[keep, 0].numpy().astype(np.int8),
+                        "score_click": scores[keep].numpy(),
+                        "is_cold": batch.is_cold[keep].numpy(),
+                    }
+                )
+            )
+    pl.concat(parts).write_parquet(out)
+    return {"rows_replaced": replaced}
+
+
+def scoped(result: dict[str, Any], scope: str, key: str) -> Any:
+    section = result["overall"] if scope == "overall" else result["cold_warm"][scope]
+    return section["tasks"]["click"]["metrics"]["auc"][key]
+
+
+def candidate_tables(
+    features: Path, reps: dict[str, np.ndarray], towers: dict[str, VisionConfig], weight: np.ndarray, epochs: int
+) -> Iterator[tuple[str, str, np.ndarray, float]]:
+    """(representation, map, ``n_items x D`` mapped table, held-out R^2) of every map tried."""
+    ids, rows = item_rows(features)
+    for rep_name, x in reps.items():
+        for map_name, fit in MAPS.items():
+            if map_name == "mlp" and x.shape[1] > 256:
+                continue  # the MLP on raw pixels over-fits a few thousand items; ridge stands for it
+            yield rep_name, map_name, fit(x[ids], weight[rows]).predict(x), held_out_r2(fit, x[ids], weight[rows])
+    for name, cfg in towers.items():
+        table, r2 = tower_map(features, cfg, ids, weight[rows], epochs)
+        yield name, f"tower fine-tuned ({epochs} epochs)", table, r2
+
+
+def substitution(
+    run: Path, features: Path, reps: dict[str, np.ndarray], towers: dict[str, VisionConfig], ceiling_cold: float,
+    args: argparse.Namespace,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Every map tried, on one run."""
+    weight = load_exported(run / "export").sparse_arch.ebc.embedding_bags[f"t_{ITEM_FEATURE}"].weight  # (rows, D)
+    rows_out = []
+    for rep_name, map_name, table, r2 in candidate_tables(features, reps, towers, weight.detach().numpy(), args.epochs):
+        out = run / f"cold_map-{len(rows_out)}.parquet"
+        info = mapped_predictions(run, features, table, out)
+        res = compare(run / "eval-test" / "predictions.parquet", out, config=EvalConfig(n_bootstrap=args.bootstrap))
+        base_cold, new_cold = scoped(res, "cold", "a"), scoped(res, "cold", "b")
+        rows_out.append(
+            {
+                "run": str(run),
+                "representation": rep_name,
+                "map": map_name,
+                "map_r2_held_out_items": r2,
+                **info,
+                "auc": {
+                    s: {"base": scoped(res, s, "a"), "mapped": scoped(res, s, "b")} for s in ("overall", "cold", "warm")
+                },
+                "cold_delta": {k: scoped(res, "cold", k) for k in ("delta", "ci_low", "ci_high")},
+                "cold_gap_closed": (new_cold - base_cold) / (ceiling_cold - base_cold),
+            }
+        )
+        print(f"[cold] {run.name} {rep_name} {map_name}: R2 {r2:.3f}, cold AUC {base_cold:.4f} -> {new_cold:.4f}")
+    return rows_out
+
+
+VISION = "{tower: caformer_fm, tokens: 2, frozen: true, pretrained: runs/towers/caformer_fm.pt}"
+VARIANTS = {
+    "image tokens": [f"model.vision={VISION}"],
+    "image tokens + item id dropout 0.1": [f"model.vision={VISION}", "id_dropout={item: 0.1}"],
+    "item id dropout 0.1, no image": ["id_dropout={item: 0.1}"],
+}
+
+
+def trained_variants(
+    features: Path, base_runs: list[Path], work: Path, ceiling_cold: float, bootstrap: int
+) -> list[dict[str, Any]]:
+    """Each of ``VARIANTS`` trained like the no-image base run of the same seed (``configs/train/bench-fashion.yaml``,
+    Hiformer, the base run's index = seed) with only the variant's keys added; cold AUC against that base run."""
+    rows_out = []
+    for seed, base in enumerate(base_runs):
+        for name, sets in VARIANTS.items():
+            run = work / f"{name.replace(' ', '_').replace('.', '')}-s{seed}"
+            cmd = cli("train", "--config", "configs/train/bench-fashion.yaml", "--nproc", "1")
+            for item in [f"features={features}", f"out_dir={run}", "model.interaction=hiformer", f"seed={seed}", *sets]:
+                cmd += ["--set", item]
+            train = cached_step(run / "train_wall.json", cmd, run / "train.log", run / "results.json")
+            evaluate = cli("evaluate", "--model", str(run / "export"), "--features", str(features))
+            evaluate += ["--bootstrap", str(bootstrap)]
+            cached_step(run / "eval_wall.json", evaluate, run / "evaluate.log", run / "eval-test" / "metrics.json")
+            preds = "eval-test/predictions.parquet"
+            res = compare(base / preds, run / preds, config=EvalConfig(n_bootstrap=bootstrap))
+            base_cold, new_cold = scoped(res, "cold", "a"), scoped(res, "cold", "b")
+            rows_out.append(
+                {
+                    "variant": name,
+                    "seed": seed,
+                    "base_run": str(base),
+                    "run": str(run),
+                    "train_command": train["command"],
+                    "auc": {
+                        s: {"base": scoped(res, s, "a"), "variant": scoped(res, s, "b")}
+                        for s in ("overall", "cold", "warm")
+                    },
+                    "cold_delta": {k: scoped(res, "cold", k) for k in ("delta", "ci_low", "ci_high")},
+                    "cold_gap_closed": (new_cold - base_cold) / (ceiling_cold - base_cold),
+                }
+            )
+            print(f"[cold] variant {name} s{seed}: cold AUC {base_cold:.4f} -> {new_cold:.4f}", flush=True)
+    return rows_out
+
+
+def _maps_section(report: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        "## 2. Image-mapped item embeddings for items without their own row",
+        "",
+        "Map fitted from the representation to the trained item-table rows of the items that have one; applied to "
+        "every test row on the out-of-vocabulary row (cold items and rare warm ones); the model is unchanged. "
+        "Cold Δ: mapped minus the run's own test predictions, paired request-level bootstrap 95% interval; gap "
+        "closed = Δ cold AUC / (ceiling (i) - base cold AUC).",
+        "",
+        "| run | representation | map | map R^2 (held-out items) | AUC overall | AUC warm | cold AUC base -> mapped "
+        "| cold Δ [95% CI] | gap closed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["substitution"]:
+        a, d = r["auc"], r["cold_delta"]
+        lines.append(
+            f"| {Path(r['run']).name} | {r['representation']} | {r['map']} | {r['map_r2_held_out_items']:.3f} | "
+            f"{a['overall']['base']:.4f} -> {a['overall']['mapped']:.4f} | {a['warm']['base']:.4f} -> "
+            f"{a['warm']['mapped']:.4f} | {a['cold']['base']:.4f} -> {a['cold']['mapped']:.4f} | "
+            f"{d['delta']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] | {100 * r['cold_gap_closed']:.1f}% |"
+        )
+    lines += [
+        "",
+        "Mean gap closed over runs:",
+        "",
+        "| representation | map | mean gap closed | runs |",
+        "|---|---|---|---|",
+    ]
+    for key, values in report["mean_gap_closed"].items():
+        lines.append(f"| {key.split(' | ')[0]} | {key.split(' | ')[1]} | {100 * values['mean']:.1f}% | {values['n']} |")
+    return lines
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "# Cold items from images: what the towers know, and image-mapped item embeddings",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"Data: `{report['data']}` ({report['n_items']:,} items, {report['n_items_with_row']:,} with their own "
+        f"item-table row); observable cold ceiling (i) {report['ceiling_cold']:.4f}, Bayes cold "
+        f"{report['bayes_cold']:.4f}.",
+        "",
+        "## 1. Does the representation hold the visual click term?",
+        "",
+        "Ridge R^2 of the generator's visual score `v_i` on held-out items (80/20, seed 0); `v_i` has weight 1.5 in "
+        "the true logit and is the part of an item's appeal only its photo reveals.",
+        "",
+        "| representation | dims | R^2 of v_i |",
+        "|---|---|---|",
+        *(f"| {p['representation']} | {p['dims']} | {p['r2_visual_score']:.3f} |" for p in report["probe"]),
+    ]
+    if report["substitution"]:
+        lines += _maps_section(report)
+    if report["variants"]:
+        lines += [
+            "",
+            "## 3. Trained with image tokens and item-id dropout",
+            "",
+            "Hiformer trained like the no-image run of the same seed with only these keys added (frozen "
+            "class-pretrained caformer_fm, 2 image tokens; `id_dropout: {item: 0.1}`: a training row's item id is "
+            "the out-of-vocabulary id with probability 0.1, so the model learns to score items without an "
+            "embedding of their own). Δ against the no-image run, paired request-level bootstrap 95% interval.",
+            "",
+            "| variant | seed | AUC overall | AUC warm | cold AUC base -> variant | cold Δ [95% CI] | gap closed |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in report["variants"]:
+            a, d = r["auc"], r["cold_delta"]
+            lines.append(
+                f"| {r['variant']} | {r['seed']} | {a['overall']['base']:.4f} -> {a['overall']['variant']:.4f} | "
+                f"{a['warm']['base']:.4f} -> {a['warm']['variant']:.4f} | {a['cold']['base']:.4f} -> "
+                f"{a['cold']['variant']:.4f} | {d['delta']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] | "
+                f"{100 * r['cold_gap_closed']:.1f}% |"
+            )
+        for name in VARIANTS:
+            gaps = [r["cold_gap_closed"] for r in report["variants"] if r["variant"] == name]
+            if gaps:
+                lines.append(f"| **{name}: mean** | | | | | | **{100 * statistics.mean(gaps):.1f}%** |")
+    m = report["machine"]
+    lines += ["", f"Machine: {m['nproc']} cores, torch {m['torch']}, {m['date_utc']}.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="folder with raw/ and features/ of one log")
+    parser.add_argument("--runs", type=Path, nargs="+", required=True, help="trained no-image runs on that log")
+    parser.add_argument("--tower", default="caformer_fm")
+    parser.add_argument("--tower-checkpoint", type=Path, help="class-pretrained weights of --tower")
+    parser.add_argument("--bootstrap", type=int, default=200)
+    parser.add_argument("--epochs", type=int, default=20, help="fine-tuning passes of the tower map")
+    parser.add_argument("--work", type=Path, help="where the trained variants go (part 3; skipped without it)")
+    parser.add_argument("--skip-maps", action="store_true", help="run part 3 only")
+    parser.add_argument("--out", default="cold_items", help="results name under benchmarks/results/studies/")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    raw, features = args.data / "raw", args.data / "features"
+    manifest = json.loads((raw / "manifest.json").read_text())["results"]
+    reps = representations(features, args.tower, args.tower_checkpoint)
+    towers = {f"{args.tower} random init": VisionConfig(tower=args.tower, frozen=True)}
+    if args.tower_checkpoint is not None:
+        pretrained = VisionConfig(tower=args.tower, frozen=True, pretrained=str(args.tower_checkpoint))
+        towers[f"{args.tower} pretrained (classes)"] = pretrained
+    v = visual_score(raw)
+    probe = [
+        {"representation": k, "dims": x.shape[1], "r2_visual_score": held_out_r2(ridge, x, v)} for k, x in reps.items()
+    ]
+    for p in probe:
+        print(f"[cold] probe {p['representation']}: R2 of v_i {p['r2_visual_score']:.3f}", flush=True)
+    ceiling = manifest["observable_auc_known_users"]["cold"]
+    rows = (
+        []
+        if args.skip_maps
+        else [r for run in args.runs for r in substitution(run, features, reps, towers, ceiling, args)]
+    )
+    variants = trained_variants(features, args.runs, args.work, ceiling, args.bootstrap) if args.work else []
+    groups: dict[str, list[float]] = {}
+    for r in rows:
+        groups.setdefault(f"{r['representation']} | {r['map']}", []).append(r["cold_gap_closed"])
+    report = {
+        "command": "python benchmarks/studies/cold_items.py " + " ".join(sys.argv[1:]),
+        "data": str(args.data),
+        "n_items": len(v),
+        "n_items_with_row": len(item_rows(features)[0]),
+        "ceiling_cold": ceiling,
+        "bayes_cold": manifest["bayes_auc"]["cold"],
+        "probe": probe,
+        "substitution": rows,
+        "variants": variants,
+        "mean_gap_closed": {k: {"mean": statistics.mean(g), "n": len(g)} for k, g in groups.items()},
+        "machine": machine(),
+    }
+    write_results(args.out, report, markdown(report), STUDIES)
+    print(f"wrote {STUDIES / args.out}.json and .md")
+
+
+if __name__ == "__main__":
+    main()
