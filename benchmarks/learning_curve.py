@@ -143,7 +143,8 @@ def curve(args: argparse.Namespace) -> dict[str, Any]:
         models = {}
         for model in args.models:
             runs = [
-                train_and_evaluate(features, args.work / "runs" / f"r{rows}" / f"{model}-s{seed}", model, seed, args)
+                # The ablation's folder naming: its default-strength runs are the curve's runs at that size.
+                train_and_evaluate(features, args.work / "runs" / f"r{rows}-x1" / f"{model}-s{seed}", model, seed, args)
                 for seed in range(args.seeds)
             ]
             models[model] = {"summary": summarise(runs), "runs": runs}
