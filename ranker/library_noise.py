@@ -55,3 +55,6 @@ def silence_known_library_noise() -> None:
     )
     # PyTorch's note to TorchRec about an API it calls while building KeyedJaggedTensors.
     logging.getLogger("torch.fx._symbolic_trace").addFilter(_DropMessages("is_fx_tracing will return true"))
+    # Inductor's CPU compiler probes for CUDA on every `torch.compile` (training's `compile: true`): on a CPU-only
+    # machine it says it found none, which is the expected state, not a problem.
+    logging.getLogger("torch.utils.cpp_extension").addFilter(_DropMessages("No CUDA runtime is found"))

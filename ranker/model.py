@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -215,6 +216,7 @@ class Ranker(nn.Module):
         self.interaction, self.heads = interaction, heads
         # Interaction and heads compute in this dtype (bf16 after `ranker compress --dense-dtype`); logits are fp32.
         self.dense_dtype = torch.float32
+        self._compiled_score: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def tokens(self, batch: RankBatch) -> torch.Tensor:
         """``B x T x D`` interaction input."""
@@ -239,8 +241,22 @@ class Ranker(nn.Module):
         """Returns ``B x K`` logits."""
         return self.score_tokens(self.tokens(batch))
 
+    def compile_dense(self) -> None:
+        """Scores through ``torch.compile`` in training mode (``ranker train``'s ``compile: true``).
+
+        Only the interaction and heads are compiled: the sparse part is TorchRec's sharded lookup. Evaluation keeps
+        the eager path, so validation batches (another size, no gradients) cost no further compilation; the
+        parameters and their state-dict names are unchanged, so checkpoints and exports are those of an eager run.
+        """
+        self._compiled_score = torch.compile(self._score)
+
     def score_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """``B x T x D`` tokens -> ``B x K`` fp32 logits (interaction and heads in ``dense_dtype``)."""
+        if self.training and self._compiled_score is not None:
+            return self._compiled_score(tokens)
+        return self._score(tokens)
+
+    def _score(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.dense_dtype != torch.float32:
             return self.heads(self.interaction(tokens.to(self.dense_dtype))).float()
         return self.heads(self.interaction(tokens))
