@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.features_bench import machine  # noqa: E402
-from benchmarks.studies.image_towers_ranker import cached_step, cli, timed  # noqa: E402
+from benchmarks.runs import cached_step, cli, machine_section, overrides, timed, write_report  # noqa: E402
+from benchmarks.runs import train_and_evaluate as trained  # noqa: E402
 
 MODELS = ("hiformer", "dcnv2", "dlrm", "transformer")
 DATASETS = {"movielens-100k": "movielens", "fashion-clicks": "fashion"}
@@ -62,7 +63,7 @@ def sweep(work: Path, dataset: str, model: str, features: Path, args: argparse.N
     config = ROOT / "configs" / "sweep" / f"{DATASETS[dataset]}-{model}.yaml"
     out = work / "sweeps" / f"{dataset}-{model}"
     sets = {"out_dir": str(out), "fixed.features": str(features), "fixed.tracking": "false"}
-    sets |= dict(kv.split("=", 1) for kv in args.sweep_set)
+    sets |= args.sweep_set
     cmd = cli("sweep", str(config.relative_to(ROOT)), "--max-parallel", str(args.max_parallel))
     for key, value in sets.items():
         cmd += ["--set", f"{key}={value}"]
@@ -75,13 +76,9 @@ def seed_run(best: Path, run_dir: Path, features: Path, seed: int, bootstrap: in
     """The pick trained with ``seed`` and evaluated on test; validation and test metrics of its first task."""
     cmd = cli("train", "--config", str(best), "--nproc", "1", "--set", f"seed={seed}", "--set", f"out_dir={run_dir}")
     cmd += ["--set", "tracking=false"]
-    train = cached_step(run_dir / "train_wall.json", cmd, run_dir / "train.log", run_dir / "results.json")
-    res = json.loads((run_dir / "results.json").read_text())
-    metrics_file = run_dir / "eval-test" / "metrics.json"
-    cmd = cli("evaluate", "--model", str(run_dir / "export"), "--features", str(features))
-    cmd += ["--bootstrap", str(bootstrap)]
-    evaluation = cached_step(run_dir / "eval_wall.json", cmd, run_dir / "evaluate.log", metrics_file)
-    tasks = json.loads(metrics_file.read_text())["overall"]["tasks"]
+    run = trained(cmd, run_dir, features, bootstrap)
+    train, evaluation, res = run["train"], run["evaluate"], run["results"]
+    tasks = run["metrics"]["overall"]["tasks"]
     task = next(iter(tasks.values()))["metrics"]
     return {
         "seed": seed,
@@ -201,15 +198,7 @@ def markdown(report: dict[str, Any]) -> str:
                 lines.append(f"| {s['seed']} | {' | '.join(cells)} |")
             cells = [fmt_interval(o["mean"], o["ci_low"], o["ci_high"]) for o in versus["over_seeds"].values()]
             lines.append(f"| mean over seeds (t interval) | {' | '.join(cells)} |")
-    m = report["machine"]
-    lines += [
-        "",
-        "## Machine",
-        "",
-        f"{m['nproc']} cores; load average at start {', '.join(f'{x:.1f}' for x in m['loadavg_at_start'])}; "
-        f"python {m['python']}, torch {m['torch']}; {m['date_utc']}.",
-        "",
-    ]
+    lines += machine_section(report["machine"])
     return "\n".join(lines)
 
 
@@ -225,9 +214,7 @@ def main() -> None:
     parser.add_argument("--sweep-set", action="append", default=[], metavar="KEY=VALUE", help="sweep override")
     parser.add_argument("--out", type=Path, help="results path without suffix (default benchmarks/results/...)")
     args = parser.parse_args()
-    bad = [kv for kv in args.sweep_set if "=" not in kv]
-    if bad:
-        parser.error(f"--sweep-set needs KEY=VALUE, got {bad}")
+    args.sweep_set = overrides(parser, args.sweep_set, "--sweep-set")
     out = args.out or ROOT / "benchmarks" / "results" / "equal_budget"
     info = machine()
     report = {
@@ -236,10 +223,7 @@ def main() -> None:
         "machine": info,
         "datasets": [compare_dataset(args.work, dataset, args) for dataset in args.datasets],
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    write_report(out, report, markdown(report))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.features_bench import machine  # noqa: E402
-from benchmarks.studies.image_towers_ranker import cached_step, cli, fmt_delta, paired_auc_delta  # noqa: E402
+from benchmarks.runs import cached_step, cli, machine_section, overrides, write_report  # noqa: E402
+from benchmarks.runs import train_and_evaluate as trained  # noqa: E402
+from benchmarks.studies.image_towers_ranker import fmt_delta, paired_auc_delta  # noqa: E402
 
 CONFIG = "configs/train/bench-fashion.yaml"
 DATASET = "fashion-clicks"
@@ -67,16 +69,10 @@ def train_and_evaluate(
     """``ranker train`` + ``ranker evaluate`` of one (model, seed) on ``features``; AUC per scope with intervals."""
     sets = {"features": str(features), "out_dir": str(run_dir), "model.interaction": model, "seed": str(seed)}
     cmd = cli("train", "--config", CONFIG, "--nproc", str(args.nproc))
-    for key, value in (sets | dict(kv.split("=", 1) for kv in args.set)).items():
+    for key, value in (sets | args.set).items():
         cmd += ["--set", f"{key}={value}"]
-    train = cached_step(run_dir / "train_wall.json", cmd, run_dir / "train.log", run_dir / "results.json")
-    res = json.loads((run_dir / "results.json").read_text())
-    metrics_file = run_dir / "eval-test" / "metrics.json"
-    cmd = cli("evaluate", "--model", str(run_dir / "export"), "--features", str(features))
-    evaluation = cached_step(
-        run_dir / "eval_wall.json", [*cmd, "--bootstrap", str(args.bootstrap)], run_dir / "evaluate.log", metrics_file
-    )
-    metrics = json.loads(metrics_file.read_text())
+    run = trained(cmd, run_dir, features, args.bootstrap)
+    train, evaluation, res, metrics = run["train"], run["evaluate"], run["results"], run["metrics"]
     sections = {"overall": metrics["overall"], **metrics["cold_warm"]}
     auc = {}
     for scope in SCOPES:
@@ -241,19 +237,7 @@ def markdown(report: dict[str, Any]) -> str:
             for model, summary in e["summary"].items()
         ]
         lines += table(["strength", "model", *auc_head, "mean margin overall"], rows)
-    m = report["machine"]
-    lines += [
-        "",
-        "## Machine",
-        "",
-        f"{m['nproc']} cores; load average at start {', '.join(f'{x:.1f}' for x in m['loadavg_at_start'])}; "
-        f"python {m['python']}, torch {m['torch']}, polars {m['polars']}, pyarrow {m['pyarrow']}; {m['date_utc']}.",
-        "",
-        "```",
-        *m["lscpu_head"],
-        "```",
-        "",
-    ]
+    lines += machine_section(report["machine"])
     return "\n".join(lines)
 
 
@@ -271,9 +255,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override")
     parser.add_argument("--out", type=Path, help="results path without suffix (default benchmarks/results/...)")
     args = parser.parse_args()
-    bad = [kv for kv in args.set if "=" not in kv]
-    if bad:
-        parser.error(f"--set needs KEY=VALUE, got {bad}")
+    args.set = overrides(parser, args.set, "--set")
     out = args.out or ROOT / "benchmarks" / "results" / (
         "learning_curve" if args.mode == "curve" else "learning_curve_ablation"
     )
@@ -284,10 +266,7 @@ def main() -> None:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": info,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    write_report(out, report, markdown(report))
 
 
 if __name__ == "__main__":

@@ -44,7 +44,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.features_bench import machine  # noqa: E402
-from benchmarks.studies.image_towers_ranker import cached_step, cli  # noqa: E402
+from benchmarks.runs import cli  # noqa: E402
+from benchmarks.runs import train_and_evaluate as trained  # noqa: E402
 from benchmarks.towers_common import STUDIES, write_results  # noqa: E402
 from features.datasets.fashion_clicks import standardise_within_class, visual_stats  # noqa: E402
 from features.loader import RankLoader  # noqa: E402
@@ -190,16 +191,31 @@ def scoped(result: dict[str, Any], scope: str, key: str) -> Any:
 def candidate_tables(
     features: Path, reps: dict[str, np.ndarray], towers: dict[str, VisionConfig], weight: np.ndarray, epochs: int
 ) -> Iterator[tuple[str, str, np.ndarray, float]]:
-    """(representation, map, ``n_items x D`` mapped table, held-out R^2) of every map tried."""
+    """(representation, map, ``n_items x D`` mapped table, held-out R^2) of every map tried.
+
+    Each map is tried as fitted ("→ row") and centred on the out-of-vocabulary row ("OOV + Δ": that row plus the
+    map's deviation from its mean over the fitted items). The fitted map predicts rows like the warm items', whose
+    level includes their popularity; the OOV row was trained on rare items, whose level is a cold item's. Towers
+    are fine-tuned only with ``epochs`` > 0."""
     ids, rows = item_rows(features)
+    targets, oov = weight[rows], weight[OOV_ID]
+
+    def both(
+        rep_name: str, map_name: str, table: np.ndarray, r2: float
+    ) -> Iterator[tuple[str, str, np.ndarray, float]]:
+        yield rep_name, f"{map_name} → row", table, r2
+        yield rep_name, f"{map_name}, OOV + Δ", oov + table - table[ids].mean(axis=0), r2
+
     for rep_name, x in reps.items():
         for map_name, fit in MAPS.items():
             if map_name == "mlp" and x.shape[1] > 256:
                 continue  # the MLP on raw pixels over-fits a few thousand items; ridge stands for it
-            yield rep_name, map_name, fit(x[ids], weight[rows]).predict(x), held_out_r2(fit, x[ids], weight[rows])
+            yield from both(rep_name, map_name, fit(x[ids], targets).predict(x), held_out_r2(fit, x[ids], targets))
     for name, cfg in towers.items():
-        table, r2 = tower_map(features, cfg, ids, weight[rows], epochs)
-        yield name, f"tower fine-tuned ({epochs} epochs)", table, r2
+        if epochs > 0:
+            yield from both(
+                name, f"tower fine-tuned ({epochs} epochs)", *tower_map(features, cfg, ids, targets, epochs)
+            )
 
 
 def substitution(
@@ -252,10 +268,7 @@ def trained_variants(
             cmd = cli("train", "--config", "configs/train/bench-fashion.yaml", "--nproc", "1")
             for item in [f"features={features}", f"out_dir={run}", "model.interaction=hiformer", f"seed={seed}", *sets]:
                 cmd += ["--set", item]
-            train = cached_step(run / "train_wall.json", cmd, run / "train.log", run / "results.json")
-            evaluate = cli("evaluate", "--model", str(run / "export"), "--features", str(features))
-            evaluate += ["--bootstrap", str(bootstrap)]
-            cached_step(run / "eval_wall.json", evaluate, run / "evaluate.log", run / "eval-test" / "metrics.json")
+            train = trained(cmd, run, features, bootstrap)["train"]
             preds = "eval-test/predictions.parquet"
             res = compare(base / preds, run / preds, config=EvalConfig(n_bootstrap=bootstrap))
             base_cold, new_cold = scoped(res, "cold", "a"), scoped(res, "cold", "b")
@@ -267,7 +280,7 @@ def trained_variants(
                     "run": str(run),
                     "train_command": train["command"],
                     "auc": {
-                        s: {"base": scoped(res, s, "a"), "variant": scoped(res, s, "b")}
+                        s: {"base": scoped(res, s, "a"), "new": scoped(res, s, "b")}
                         for s in ("overall", "cold", "warm")
                     },
                     "cold_delta": {k: scoped(res, "cold", k) for k in ("delta", "ci_low", "ci_high")},
@@ -276,6 +289,14 @@ def trained_variants(
             )
             print(f"[cold] variant {name} s{seed}: cold AUC {base_cold:.4f} -> {new_cold:.4f}", flush=True)
     return rows_out
+
+
+def _comparison_cells(r: dict[str, Any]) -> str:
+    """AUC overall, warm, cold (base -> new), the cold delta with its interval and the gap closed, as table cells."""
+    a, d = r["auc"], r["cold_delta"]
+    cells = [f"{a[s]['base']:.4f} -> {a[s]['new']:.4f}" for s in ("overall", "warm", "cold")]
+    cells += [f"{d['delta']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]", f"{100 * r['cold_gap_closed']:.1f}%"]
+    return " " + " | ".join(cells) + " |"
 
 
 def _maps_section(report: dict[str, Any]) -> list[str]:
@@ -293,13 +314,8 @@ def _maps_section(report: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["substitution"]:
-        a, d = r["auc"], r["cold_delta"]
-        lines.append(
-            f"| {Path(r['run']).name} | {r['representation']} | {r['map']} | {r['map_r2_held_out_items']:.3f} | "
-            f"{a['overall']['base']:.4f} -> {a['overall']['mapped']:.4f} | {a['warm']['base']:.4f} -> "
-            f"{a['warm']['mapped']:.4f} | {a['cold']['base']:.4f} -> {a['cold']['mapped']:.4f} | "
-            f"{d['delta']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] | {100 * r['cold_gap_closed']:.1f}% |"
-        )
+        head = f"| {Path(r['run']).name} | {r['representation']} | {r['map']} | {r['map_r2_held_out_items']:.3f} |"
+        lines.append(head + _comparison_cells(r))
     lines += [
         "",
         "Mean gap closed over runs:",
@@ -347,13 +363,7 @@ def markdown(report: dict[str, Any]) -> str:
             "|---|---|---|---|---|---|---|",
         ]
         for r in report["variants"]:
-            a, d = r["auc"], r["cold_delta"]
-            lines.append(
-                f"| {r['variant']} | {r['seed']} | {a['overall']['base']:.4f} -> {a['overall']['variant']:.4f} | "
-                f"{a['warm']['base']:.4f} -> {a['warm']['variant']:.4f} | {a['cold']['base']:.4f} -> "
-                f"{a['cold']['variant']:.4f} | {d['delta']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] | "
-                f"{100 * r['cold_gap_closed']:.1f}% |"
-            )
+            lines.append(f"| {r['variant']} | {r['seed']} |" + _comparison_cells(r))
         for name in VARIANTS:
             gaps = [r["cold_gap_closed"] for r in report["variants"] if r["variant"] == name]
             if gaps:
@@ -370,7 +380,7 @@ def main() -> None:
     parser.add_argument("--tower", default="caformer_fm")
     parser.add_argument("--tower-checkpoint", type=Path, help="class-pretrained weights of --tower")
     parser.add_argument("--bootstrap", type=int, default=200)
-    parser.add_argument("--epochs", type=int, default=20, help="fine-tuning passes of the tower map")
+    parser.add_argument("--epochs", type=int, default=0, help="fine-tuning passes of the tower map (0: not tried)")
     parser.add_argument("--work", type=Path, help="where the trained variants go (part 3; skipped without it)")
     parser.add_argument("--skip-maps", action="store_true", help="run part 3 only")
     parser.add_argument("--out", default="cold_items", help="results name under benchmarks/results/studies/")

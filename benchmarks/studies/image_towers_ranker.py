@@ -31,7 +31,6 @@ import shlex
 import statistics
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -40,6 +39,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.runs import cached_step, cli, timed  # noqa: E402
+from benchmarks.runs import train_and_evaluate as trained  # noqa: E402
 from benchmarks.towers_common import STUDIES, count_macs, machine_info, write_results  # noqa: E402
 
 CONFIG = "configs/train/bench-fashion-base.yaml"
@@ -55,37 +56,6 @@ TOKENS = 2
 NPROC = 2
 SLICES = ("overall", "cold", "warm")
 ACCURACY = re.compile(r"test accuracy ([0-9.]+) on (\d+) images")
-
-
-def cli(*args: str) -> list[str]:
-    return ["python", "-m", "pipelines.cli", *args]
-
-
-def timed(cmd: list[str], log: Path) -> float:
-    """Runs ``cmd`` (``python`` = this interpreter) from the repository root, output to ``log``; wall seconds."""
-    print(f"[towers] {shlex.join(cmd)}", flush=True)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    with log.open("w") as out:
-        code = subprocess.call([sys.executable, *cmd[1:]], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    wall = time.perf_counter() - started
-    if code != 0:
-        raise RuntimeError(f"exit code {code} after {wall:.0f} s; last lines of {log}:\n" + tail(log))
-    print(f"[towers]   {wall:.0f} s", flush=True)
-    return wall
-
-
-def tail(log: Path, lines: int = 8) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-
-
-def cached_step(marker: Path, cmd: list[str], log: Path, done: Path) -> dict[str, Any]:
-    """Runs ``cmd`` unless ``done`` exists; ``marker`` keeps its command and wall time for later reruns."""
-    if not (done.exists() and marker.exists()):
-        marker.unlink(missing_ok=True)
-        wall = timed(cmd, log)
-        marker.write_text(json.dumps({"command": shlex.join(cmd), "wall_seconds": wall}, indent=2) + "\n")
-    return json.loads(marker.read_text())
 
 
 def data_commands(data_dir: Path, rows: int, seed: int) -> list[list[str]]:
@@ -134,14 +104,8 @@ def train_and_evaluate(
     cmd = cli("train", "--config", CONFIG, "--nproc", str(NPROC))
     for key, value in sets.items():
         cmd += ["--set", f"{key}={value}"]
-    train = cached_step(out_dir / "train_wall.json", cmd, out_dir / "train.log", out_dir / "results.json")
-    res = json.loads((out_dir / "results.json").read_text())
-
-    metrics_file = out_dir / "eval-test" / "metrics.json"
-    cmd = cli("evaluate", "--model", str(out_dir / "export"), "--features", str(features))
-    cmd += ["--bootstrap", str(bootstrap)]
-    evaluation = cached_step(out_dir / "eval_wall.json", cmd, out_dir / "evaluate.log", metrics_file)
-    metrics = json.loads(metrics_file.read_text())
+    run = trained(cmd, out_dir, features, bootstrap)
+    train, evaluation, res, metrics = run["train"], run["evaluate"], run["results"], run["metrics"]
     sections = {
         "overall": metrics["overall"],
         "cold": metrics["cold_warm"]["cold"],
