@@ -65,16 +65,20 @@ def speed_ratios(report: dict[str, Any], model: str = "hiformer", base: str = "d
     splits = {s["model"]: s["samples_per_s"] for s in report["splits"]}
     if model in splits and base in splits:
         ratios["split (1 process)"] = splits[model] / splits[base]
-    runs = {(r["model"], r["ranks"], r["threads_per_rank"]): r["samples_per_s"] for r in report["throughput"]}
-    for (name, ranks, threads), value in sorted(runs.items()):
-        if name == model and (base, ranks, threads) in runs:
-            ratios[f"{ranks} rank(s) x {threads} thread(s)"] = value / runs[(base, ranks, threads)]
+    runs = {
+        (r["model"], r["ranks"], r["threads_per_rank"], bool(r.get("compiled"))): r["samples_per_s"]
+        for r in report["throughput"]
+    }
+    for (name, ranks, threads, compiled), value in sorted(runs.items()):
+        if name == model and (base, ranks, threads, compiled) in runs:
+            label = f"{ranks} rank(s) x {threads} thread(s){', both compiled' if compiled else ''}"
+            ratios[label] = value / runs[(base, ranks, threads, compiled)]
     return ratios
 
 
 def training(data: dict[str, Any]) -> list[str]:
     rows: dict[str, dict[int, float]] = {}
-    for run in data["throughput"]:
+    for run in (r for r in data["throughput"] if not r.get("compiled")):  # eager: what `ranker train` does by default
         best = rows.setdefault(run["model"], {})
         best[run["ranks"]] = max(best.get(run["ranks"], 0.0), run["samples_per_s"])
     ranks = sorted({r for by_rank in rows.values() for r in by_rank})

@@ -69,14 +69,19 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def build(cfg: TrainConfig, fmap: FeatureMap) -> tuple[nn.Module, Any, list[torch.Tensor], dict[str, str]]:
-    """The DMP-wrapped model, its combined optimiser, the clipped dense parameters and the sharding plan."""
+def build(
+    cfg: TrainConfig, fmap: FeatureMap, compile_dense: bool = False
+) -> tuple[nn.Module, Any, list[torch.Tensor], dict[str, str]]:
+    """The DMP-wrapped model, its combined optimiser, the clipped dense parameters and the sharding plan; with
+    ``compile_dense`` the training steps run the interaction and heads through ``torch.compile`` (``compile: true``)."""
     from ranker.build import build_ranker
     from ranker.model import RankerTrain
     from ranker.sharding import build_optimizers, describe_plan, distribute
 
     model = RankerTrain(build_ranker(fmap, cfg.model, sparse_device=torch.device("meta")))
     dmp = distribute(model, torch.device("cpu"), cfg.optim.sparse_lr, (), cfg.batch_size, cfg.optim.sparse_optimizer)
+    if compile_dense:
+        model.model.compile_dense()
     optimizers = build_optimizers(
         dmp,
         lambda params: torch.optim.Adam(params, lr=cfg.optim.dense_lr),
@@ -113,7 +118,7 @@ def worker(args: argparse.Namespace) -> None:
     cfg = load_config(CONFIG, {"features": str(args.features), "out_dir": "-", "model.interaction": args.model})
     seed_everything(cfg.seed)
     fmap = FeatureMap.load(args.features)
-    dmp, optimizer, params, plan = build(cfg, fmap)
+    dmp, optimizer, params, plan = build(cfg, fmap, args.compile)
     loader = RankLoader(
         processed_files(args.features, "train"),
         fmap,
@@ -145,6 +150,7 @@ def worker(args: argparse.Namespace) -> None:
         result = {
             "model": args.model,
             "ranks": world,
+            "compiled": args.compile,
             "batch_size_per_rank": cfg.batch_size,
             "threads_per_rank": torch.get_num_threads(),
             "steps": args.steps,
@@ -159,9 +165,10 @@ def worker(args: argparse.Namespace) -> None:
     dist.destroy_process_group()
 
 
-def throughput(model: str, ranks: int, threads: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Launches ``worker`` under torchrun (as ``ranker train`` does) and returns its result."""
-    result = Path(f"/tmp/train_throughput-{model}-{ranks}x{threads}.json")
+def throughput(model: str, ranks: int, threads: int, compiled: bool, args: argparse.Namespace) -> dict[str, Any]:
+    """Launches ``worker`` under torchrun (as ``ranker train`` does) and returns its result; ``compiled``: the
+    dense part through ``torch.compile`` (compiled during the warm-up steps, so not timed)."""
+    result = Path(f"/tmp/train_throughput-{model}-{ranks}x{threads}{'-compiled' if compiled else ''}.json")
     result.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory() as rdzv:
         # The launcher's one-node rendezvous (a file, ranks on 127.0.0.1): no socket listens beyond loopback.
@@ -169,7 +176,7 @@ def throughput(model: str, ranks: int, threads: int, args: argparse.Namespace) -
                "--rdzv-backend=c10d", f"--rdzv-endpoint={Path(rdzv) / 'rdzv'}", "--rdzv-conf=store_type=file",
                f"--local-addr={LOOPBACK}", __file__, "--worker", "--model", model,
                "--features", str(args.features), "--steps", str(args.steps), "--warmup", str(args.warmup),
-               "--result", str(result), "--threads", str(threads)]  # fmt: skip
+               "--result", str(result), "--threads", str(threads), *(["--compile"] if compiled else [])]  # fmt: skip
         env = local_env({**os.environ, "OMP_NUM_THREADS": str(threads)})
         subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return json.loads(result.read_text())
@@ -332,14 +339,14 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         "",
         f"## Throughput ({report['steps']} timed steps after {report['warmup']} warm-up steps)",
         "",
-        "| model | ranks | threads/rank | samples/s | ms/step | peak RSS per rank (MiB) |",
-        "|---|---|---|---|---|---|",
+        "| model | ranks | threads/rank | `compile: true` | samples/s | ms/step | peak RSS per rank (MiB) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in report["throughput"]:
         rss = ", ".join(f"{v:.0f}" for v in r["peak_rss_mib_per_rank"])
         lines.append(
-            f"| {r['model']} | {r['ranks']} | {r['threads_per_rank']} | {r['samples_per_s']:.0f} | "
-            f"{r['ms_per_step']:.1f} | {rss} |"
+            f"| {r['model']} | {r['ranks']} | {r['threads_per_rank']} | {'yes' if r.get('compiled') else 'no'} | "
+            f"{r['samples_per_s']:.0f} | {r['ms_per_step']:.1f} | {rss} |"
         )
     lines += [
         "",
@@ -419,6 +426,7 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_throughput")
     parser.add_argument("--note", action="append", default=[], help="a line for the report's notes")
+    parser.add_argument("--compile", action="store_true", help="also measure each setting with compile: true")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--split-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", default="hiformer", help=argparse.SUPPRESS)
@@ -438,8 +446,10 @@ def main() -> int:
     for model in MODELS:
         for ranks in args.ranks:
             for threads in sorted({t or max(1, (os.cpu_count() or 1) // ranks) for t in args.threads}):
-                runs.append(throughput(model, ranks, threads, args))
-                print(f"[throughput] {model} x{ranks} ({threads} threads): {runs[-1]['samples_per_s']:.0f} samples/s")
+                for compiled in (False, True) if args.compile else (False,):
+                    runs.append(throughput(model, ranks, threads, compiled, args))
+                    label = f"{model} x{ranks} ({threads} threads{', compiled' if compiled else ''})"
+                    print(f"[throughput] {label}: {runs[-1]['samples_per_s']:.0f} samples/s")
     split_file = Path("/tmp/train_throughput-split.json")
     split_cmd = [sys.executable, __file__, "--split-worker", "--features", str(args.features), "--steps",
                  str(args.steps), "--warmup", str(args.warmup), "--result", str(split_file)]  # fmt: skip
