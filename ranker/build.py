@@ -85,7 +85,7 @@ class ModelConfig:
         return dict(self.interaction_kwargs.get(self.interaction, {}))
 
 
-def _tower(cfg: VisionConfig) -> torch.nn.Module:
+def build_tower(cfg: VisionConfig) -> torch.nn.Module:
     """The tower without a classifier; weights from a ``vision_towers.pretrain`` checkpoint when given."""
     if not cfg.pretrained:
         return create_tower(cfg.tower, num_classes=0, **cfg.overrides)
@@ -139,7 +139,7 @@ def build_ranker(
         if images is None:
             raise ValueError("the model config has a fine-tuned vision tower but no item images were given")
         photos = torch.from_numpy(np.array(images))  # a writable in-memory copy of a possibly mapped file
-        vision = VisionArch(_tower(cfg.vision), photos, cfg.vision.tokens, cfg.embedding_dim)
+        vision = VisionArch(build_tower(cfg.vision), photos, cfg.vision.tokens, cfg.embedding_dim)
     interaction = interactions.create(
         cfg.interaction,
         num_tokens=num_tokens(fmap, cfg),
@@ -157,7 +157,7 @@ def frozen_item_embeddings(cfg: VisionConfig, images: np.ndarray, chunk: int = 5
 
     A tower without ``pretrained`` weights is initialised from the global torch RNG (seed it first).
     """
-    tower = _tower(cfg).eval()
+    tower = build_tower(cfg).eval()
     parts = []
     for start in range(0, len(images), chunk):
         pixels = prepare_images(np.asarray(images[start : start + chunk]), int(tower.in_chans), int(tower.img_size))

@@ -52,7 +52,7 @@ from features.loader import RankLoader  # noqa: E402
 from features.processor import FeatureMap, processed_files  # noqa: E402
 from features.schema import OOV_ID  # noqa: E402
 from pipelines.metrics import EvalConfig, compare  # noqa: E402
-from ranker.build import VisionConfig, _tower, cached_item_embeddings  # noqa: E402
+from ranker.build import VisionConfig, build_tower, cached_item_embeddings  # noqa: E402
 from ranker.export import load_exported  # noqa: E402
 from vision_towers import prepare_images  # noqa: E402
 
@@ -115,7 +115,7 @@ def tower_map(
     items = pl.read_parquet(features / "items.parquet").sort("item_id")
     photos = np.load(features / "images.npy")[items["image_index"].to_numpy()]
     torch.manual_seed(seed)
-    tower = _tower(cfg)
+    tower = build_tower(cfg)
     pixels = prepare_images(photos, int(tower.in_chans), int(tower.img_size))  # (n_items, C, H, W)
     net = torch.nn.Sequential(tower, torch.nn.Linear(int(tower.embed_dim), targets.shape[1]))
     order = np.random.default_rng(seed).permutation(len(ids))
