@@ -54,6 +54,7 @@ from features.schema import OOV_ID  # noqa: E402
 from pipelines.metrics import EvalConfig, compare  # noqa: E402
 from ranker.build import VisionConfig, build_tower, cached_item_embeddings  # noqa: E402
 from ranker.export import load_exported  # noqa: E402
+from ranker.model import Ranker  # noqa: E402
 from vision_towers import prepare_images  # noqa: E402
 
 ITEM_FEATURE = "item"
@@ -147,10 +148,9 @@ def item_rows(features: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.array(vocab["value"].to_numpy()), np.array(vocab["id"].to_numpy())  # writable copies, for torch
 
 
-def mapped_predictions(run: Path, features: Path, table: np.ndarray, out: Path) -> dict[str, Any]:
-    """Test predictions of ``run``'s export with the item token of out-of-vocabulary rows replaced by
+def mapped_predictions(model: Ranker, features: Path, table: np.ndarray, out: Path) -> dict[str, Any]:
+    """Test predictions of an exported ``model`` with the item token of out-of-vocabulary rows replaced by
     ``table[item_id]`` (``n_items x D``); written to ``out`` in ``ranker evaluate``'s predictions format."""
-    model = load_exported(run / "export")
     fmap = FeatureMap.load(features)
     position = model.sparse_arch.feature_names.index(ITEM_FEATURE) + (
         model.dense_arch.num_tokens if model.dense_arch else 0
@@ -223,11 +223,12 @@ def substitution(
     args: argparse.Namespace,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Every map tried, on one run."""
-    weight = load_exported(run / "export").sparse_arch.ebc.embedding_bags[f"t_{ITEM_FEATURE}"].weight  # (rows, D)
+    model = load_exported(run / "export")  # loaded once: every map is scored with this same model
+    weight = model.sparse_arch.ebc.embedding_bags[f"t_{ITEM_FEATURE}"].weight  # (rows, D)
     rows_out = []
     for rep_name, map_name, table, r2 in candidate_tables(features, reps, towers, weight.detach().numpy(), args.epochs):
         out = run / f"cold_map-{len(rows_out)}.parquet"
-        info = mapped_predictions(run, features, table, out)
+        info = mapped_predictions(model, features, table, out)
         res = compare(run / "eval-test" / "predictions.parquet", out, config=EvalConfig(n_bootstrap=args.bootstrap))
         base_cold, new_cold = scoped(res, "cold", "a"), scoped(res, "cold", "b")
         rows_out.append(
