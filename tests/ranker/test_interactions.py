@@ -499,6 +499,23 @@ def test_dcnv2_matches_cross_formula(structure: str, low_rank: int | None) -> No
     torch.testing.assert_close(out, deep.unsqueeze(1).expand(-1, 2, -1), rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("width", [1, 5, 13, 15, 16, 17, 40])
+def test_softmax_last_matches_softmax_values_and_gradients(width: int) -> None:
+    from ranker.interactions.attention import softmax_last
+
+    torch.manual_seed(width)
+    scores = (torch.randn(3, 2, 4, width, dtype=F64) * 5).requires_grad_()
+    upstream = torch.randn(3, 2, 4, width, dtype=F64)
+    weights = softmax_last(scores)
+    (grad,) = torch.autograd.grad(weights, scores, upstream)
+    # Independent reference: the closed form exp(s - logsumexp(s)) and its Jacobian-vector product.
+    expected = (scores - scores.logsumexp(-1, keepdim=True)).exp()
+    expected_grad = expected * (upstream - (upstream * expected).sum(-1, keepdim=True))
+    assert weights.shape == scores.shape
+    torch.testing.assert_close(weights, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(grad, expected_grad, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("rows", [3, 12, 40])
 def test_attend_equals_scaled_dot_product_attention(rows: int) -> None:
     from ranker.interactions.attention import attend
