@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
 # PyTorch's CPU softmax over the last dim runs a vectorised kernel only for rows at least one SIMD vector long
 # (16 fp32 lanes with AVX-512, 8 with AVX2) and a scalar one below: 7x slower on Hiformer's 13-wide rows.
 _SOFTMAX_MIN_ROW = 16
