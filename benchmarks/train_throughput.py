@@ -8,7 +8,9 @@ dense part, gradient clipping; no validation, checkpoints or export.
 - Throughput: launched with torchrun at 1 and 2 ranks; after ``--warmup`` steps, ``--steps`` steps are timed end to
   end (batches from ``RankLoader`` with its prefetch thread, as in training). samples/s = ranks x batch x steps /
   seconds (the slowest rank's seconds). Peak RSS = ``ru_maxrss`` of each rank (model build and planning included).
-- Split: one process (DMP at world size 1), ``RankLoader`` without prefetch so that loading is paid in the step;
+- Split: one process (DMP at world size 1) holding every model, timed in turn in chunks of 10 steps (so a drift in
+  the machine's speed hits every model alike: the Hiformer / DCN-v2 ratio of this part is the least noisy one),
+  ``RankLoader`` without prefetch so that loading is paid in the step;
   wall time of ``next(loader)``, of the forward of ``sparse_arch`` (lookup + input/output distribution),
   ``dense_arch``, ``interaction`` and ``heads`` (forward hooks), the rest of the forward (token concat, loss, DMP),
   and of backward + clipping + optimiser step (fused table updates happen in the backward).
@@ -63,6 +65,7 @@ PARTS = ("sparse_arch", "dense_arch", "interaction", "heads")
 PEAK_SIZE = 1024  # n of the n x n x n matmul that measures the peak
 DENSE_REPS = 30
 SPLIT_THREADS = 1  # on the shared 2-core box two intra-op threads are several times slower than one
+SPLIT_CHUNK = 10  # timed steps per model in turn in the split process
 
 
 def peak_rss_mib() -> float:
@@ -254,75 +257,91 @@ def dense_part(ranker: nn.Module, tokens: torch.Tensor, reps: int = DENSE_REPS) 
     }
 
 
-def split(model: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Per-part time of a training step in one process (DMP at world size 1, no prefetch thread)."""
-    cfg = load_config(CONFIG, {"features": str(args.features), "out_dir": "-", "model.interaction": model})
-    seed_everything(cfg.seed)
-    fmap = FeatureMap.load(args.features)
-    dmp, optimizer, params, _ = build(cfg, fmap)
-    ranker = dmp.module.model
-    timer = PartTimer({name: getattr(ranker, name) for name in PARTS if getattr(ranker, name) is not None})
-    loader = RankLoader(processed_files(args.features, "train"), fmap, cfg.batch_size, 0, 1, True, cfg.seed, "train", 0)
-    stream = batches(loader)
-    seen: list[torch.Tensor] = []  # the interaction's input tokens of the last step
+class Split:
+    """One model's training state in the split process, with its per-part timers and running totals."""
 
-    def keep_tokens(_: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        seen[:] = [inputs[0].detach()]
+    def __init__(self, model: str, args: argparse.Namespace) -> None:
+        self.model = model
+        self.cfg = load_config(CONFIG, {"features": str(args.features), "out_dir": "-", "model.interaction": model})
+        seed_everything(self.cfg.seed)
+        fmap = FeatureMap.load(args.features)
+        self.dmp, self.optimizer, self.params, _ = build(self.cfg, fmap)
+        self.ranker = self.dmp.module.model
+        ranker = self.ranker
+        self.timer = PartTimer({name: getattr(ranker, name) for name in PARTS if getattr(ranker, name) is not None})
+        files = processed_files(args.features, "train")
+        loader = RankLoader(files, fmap, self.cfg.batch_size, 0, 1, True, self.cfg.seed, "train", 0)
+        self.stream = batches(loader)
+        self.seen: list[torch.Tensor] = []  # the interaction's input tokens of the last step
 
-    timer.handles.append(ranker.interaction.register_forward_pre_hook(keep_tokens))
-    totals: dict[str, float] = defaultdict(float)
-    steps = []
-    for i in range(args.warmup + args.steps):
-        if i == args.warmup:
-            timer.seconds.clear()
-            totals.clear()
-        t0 = time.perf_counter()
-        batch = next(stream)
-        t1 = time.perf_counter()
-        loss, _ = dmp(batch)
-        t2 = time.perf_counter()
-        optimizer.zero_grad()
-        loss.backward()
-        if cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-        optimizer.step()
-        t3 = time.perf_counter()
-        totals["data_loading"] += t1 - t0
-        totals["forward"] += t2 - t1
-        totals["backward_optimizer"] += t3 - t2
-        if i >= args.warmup:
-            steps.append(t3 - t0)
-    parts = {name: timer.seconds.get(name, 0.0) for name in PARTS}
-    ms = {
-        "data_loading": totals["data_loading"],
-        "embedding_lookup_comm": parts["sparse_arch"],
-        "dense_arch": parts["dense_arch"],
-        "interaction": parts["interaction"],
-        "heads": parts["heads"],
-        "forward_other": totals["forward"] - sum(parts.values()),
-        "backward_optimizer": totals["backward_optimizer"],
-    }
-    total = sum(ms.values())
-    for handle in timer.handles:  # the dense part is timed bare: a hook would also break torch.compile's graph
-        handle.remove()
-    return {
-        "model": model,
-        "threads": torch.get_num_threads(),
-        "ms_per_step": {k: round(1e3 * v / args.steps, 3) for k, v in ms.items()},
-        "share": {k: round(v / total, 4) for k, v in ms.items()},
-        "median_step_ms": round(1e3 * statistics.median(steps), 3),
-        "samples_per_s": round(cfg.batch_size * args.steps / total, 1),
-        "dense_part": dense_part(ranker, seen[0]),
-    }
+        def keep_tokens(_: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            self.seen[:] = [inputs[0].detach()]
+
+        self.timer.handles.append(ranker.interaction.register_forward_pre_hook(keep_tokens))
+        self.totals: dict[str, float] = defaultdict(float)
+        self.steps: list[float] = []
+
+    def run(self, steps: int) -> None:
+        """``steps`` training steps, their times added to the totals."""
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            batch = next(self.stream)
+            t1 = time.perf_counter()
+            loss, _ = self.dmp(batch)
+            t2 = time.perf_counter()
+            self.optimizer.zero_grad()
+            loss.backward()
+            if self.cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
+            self.optimizer.step()
+            t3 = time.perf_counter()
+            self.totals["data_loading"] += t1 - t0
+            self.totals["forward"] += t2 - t1
+            self.totals["backward_optimizer"] += t3 - t2
+            self.steps.append(t3 - t0)
+
+    def result(self) -> dict[str, Any]:
+        parts = {name: self.timer.seconds.get(name, 0.0) for name in PARTS}
+        ms = {
+            "data_loading": self.totals["data_loading"],
+            "embedding_lookup_comm": parts["sparse_arch"],
+            "dense_arch": parts["dense_arch"],
+            "interaction": parts["interaction"],
+            "heads": parts["heads"],
+            "forward_other": self.totals["forward"] - sum(parts.values()),
+            "backward_optimizer": self.totals["backward_optimizer"],
+        }
+        total, steps = sum(ms.values()), len(self.steps)
+        for handle in self.timer.handles:  # the dense part is timed bare: a hook would also break torch.compile's graph
+            handle.remove()
+        return {
+            "model": self.model,
+            "threads": torch.get_num_threads(),
+            "ms_per_step": {k: round(1e3 * v / steps, 3) for k, v in ms.items()},
+            "share": {k: round(v / total, 4) for k, v in ms.items()},
+            "median_step_ms": round(1e3 * statistics.median(self.steps), 3),
+            "samples_per_s": round(self.cfg.batch_size * steps / total, 1),
+            "dense_part": dense_part(self.ranker, self.seen[0]),
+        }
 
 
 def split_all(args: argparse.Namespace) -> None:
-    """All models' splits in one process (worker mode: a single-rank process group for DMP)."""
+    """All models' splits in one process (worker mode: a single-rank process group for DMP), timed in interleaved
+    chunks of ``SPLIT_CHUNK`` steps so that a machine whose speed drifts (a shared VM) slows every model alike."""
     silence_known_library_noise()
     torch.set_num_threads(SPLIT_THREADS)
     # An in-process store: a single-rank group needs no rendezvous, and so no listening socket.
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    out = [split(model, args) for model in MODELS]
+    splits = [Split(model, args) for model in MODELS]
+    for split in splits:
+        split.run(args.warmup)
+        split.timer.seconds.clear()
+        split.totals.clear()
+        split.steps.clear()
+    for start in range(0, args.steps, SPLIT_CHUNK):
+        for split in splits:
+            split.run(min(SPLIT_CHUNK, args.steps - start))
+    out = [split.result() for split in splits]
     peak = round(matmul_peak_gflops(), 2)
     result = {"splits": out, "peak_rss_mib": round(peak_rss_mib(), 1), "matmul_peak_gflops": peak}
     Path(args.result).write_text(json.dumps(result, indent=2))
@@ -368,7 +387,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         lines.append(f"| {s['model']} | {cells} | {sum(s['ms_per_step'].values()):.1f} | {s['samples_per_s']:.0f} |")
     lines += [
         "",
-        f"Peak RSS of the split process (all five models built in turn): {report['split_peak_rss_mib']:.0f} MiB.",
+        f"Peak RSS of the split process (all five models held at once): {report['split_peak_rss_mib']:.0f} MiB.",
         "Embedding lookup includes TorchRec's input/output distribution (trivial at one rank); the fused row-wise "
         "Adagrad table update runs inside the backward. The interaction's backward is inside "
         "'backward + optimizer'.",
