@@ -133,3 +133,41 @@ def test_equal_budget_t_interval_matches_scipys_one_sample_t_test() -> None:
     got = t_interval(deltas)
     assert got["ci_low"] == pytest.approx(expected.low) and got["ci_high"] == pytest.approx(expected.high)
     assert t_interval([0.01]) == {"mean": 0.01, "ci_low": None, "ci_high": None}
+
+
+def test_cold_items_report_renders_map_and_variant_rows() -> None:
+    """Both kinds of comparison row (post-hoc maps, retrained variants) render with their own numbers."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "studies"))
+    from benchmarks.studies import cold_items
+
+    def row(base: float, new: float, gap: float) -> dict:
+        auc = {s: {"base": base + i / 100, "new": new + i / 100} for i, s in enumerate(("overall", "cold", "warm"))}
+        return {"auc": auc, "cold_delta": {"delta": new - base, "ci_low": 0.01, "ci_high": 0.2}, "cold_gap_closed": gap}
+
+    maps = [
+        {"run": "/r/hiformer-s0", "representation": "raw pixels (784)", "map": "ridge → row",
+         "map_r2_held_out_items": 0.0404, **row(0.6144, 0.6466, 0.129)},
+        {"run": "/r/hiformer-s0", "representation": "raw pixels (784)", "map": "click-trained, OOV + g",
+         "map_r2_held_out_items": 0.8082, **row(0.6757, 0.7951, 0.608)},
+    ]  # fmt: skip
+    variant = {"variant": "image tokens", "seed": 1, **row(0.6262, 0.6315, 0.022)}
+    report = {
+        "command": "python benchmarks/studies/cold_items.py --data D",
+        "data": "D",
+        "n_items": 6000,
+        "n_items_with_row": 4909,
+        "ceiling_cold": 0.8721,
+        "bayes_cold": 0.8745,
+        "probe": [{"representation": "raw pixels (784)", "dims": 784, "r2_visual_score": 0.69}],
+        "substitution": maps,
+        "mean_gap_closed": {"raw pixels (784) | click-trained, OOV + g": {"mean": 0.608, "n": 1}},
+        "variants": [variant],
+        "machine": {"nproc": 2, "torch": "2.14.1", "date_utc": "2026-12-02 14:30 UTC"},
+    }
+    text = cold_items.markdown(report)
+    assert "| hiformer-s0 | raw pixels (784) | ridge → row | 0.040 |" in text
+    # Cells: overall, warm, cold (row() offsets cold by 0.01 and warm by 0.02), the cold delta, the gap closed.
+    cells = "0.6757 -> 0.7951 | 0.6957 -> 0.8151 | 0.6857 -> 0.8051 | +0.1194 [+0.0100, +0.2000] | 60.8% |"
+    assert f"| click-trained, OOV + g | AUC 0.808 | {cells}" in text
+    assert "| image tokens | 1 | 0.6262 -> 0.6315 | 0.6462 -> 0.6515 | 0.6362 -> 0.6415 | +0.0053" in text
+    assert "| raw pixels (784) | click-trained, OOV + g | 60.8% | 1 |" in text

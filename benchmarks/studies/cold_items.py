@@ -316,7 +316,7 @@ def substitution(
                 "map_r2_held_out_items": r2,
                 **info,
                 "auc": {
-                    s: {"base": scoped(res, s, "a"), "mapped": scoped(res, s, "b")} for s in ("overall", "cold", "warm")
+                    s: {"base": scoped(res, s, "a"), "new": scoped(res, s, "b")} for s in ("overall", "cold", "warm")
                 },
                 "cold_delta": {k: scoped(res, "cold", k) for k in ("delta", "ci_low", "ci_high")},
                 "cold_gap_closed": (new_cold - base_cold) / (ceiling_cold - base_cold),
