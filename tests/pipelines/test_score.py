@@ -85,7 +85,13 @@ def test_readme_command_with_two_processes_writes_what_one_writes(exported, tmp_
     out = tmp_path / "runs" / "scores"
     assert len(list(out.glob("part-*.parquet"))) == 2
     assert main(["score", "--model", str(export_dir), "--input", str(inputs), "--out", "one", "--nproc", "1"]) == 0
-    assert _scores(out).drop("model_uri").equals(_scores(tmp_path / "one").drop("model_uri"))
+    two, one = _scores(out).drop("model_uri"), _scores(tmp_path / "one").drop("model_uri")
+    scores = [c for c in one.columns if c.startswith("score_")]
+    assert two.drop(scores).equals(one.drop(scores))  # the same rows, in the same order, from the same model
+    # Each process scores its own batches: with AVX-512 kernels the BLAS blocking, and so the fp32 rounding of a
+    # row's score, depends on the batch's size (1 ULP seen, 6e-8), so scores agree to float precision, not bitwise.
+    for column in scores:
+        np.testing.assert_allclose(two[column].to_numpy(), one[column].to_numpy(), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize(
