@@ -266,8 +266,7 @@ class Split:
         seed_everything(self.cfg.seed)
         fmap = FeatureMap.load(args.features)
         self.dmp, self.optimizer, self.params, _ = build(self.cfg, fmap)
-        self.ranker = self.dmp.module.model
-        ranker = self.ranker
+        self.ranker = ranker = self.dmp.module.model
         self.timer = PartTimer({name: getattr(ranker, name) for name in PARTS if getattr(ranker, name) is not None})
         files = processed_files(args.features, "train")
         loader = RankLoader(files, fmap, self.cfg.batch_size, 0, 1, True, self.cfg.seed, "train", 0)
@@ -280,6 +279,12 @@ class Split:
         self.timer.handles.append(ranker.interaction.register_forward_pre_hook(keep_tokens))
         self.totals: dict[str, float] = defaultdict(float)
         self.steps: list[float] = []
+
+    def reset(self) -> None:
+        """Forgets the times so far (after the warm-up)."""
+        self.timer.seconds.clear()
+        self.totals.clear()
+        self.steps.clear()
 
     def run(self, steps: int) -> None:
         """``steps`` training steps, their times added to the totals."""
@@ -335,9 +340,7 @@ def split_all(args: argparse.Namespace) -> None:
     splits = [Split(model, args) for model in MODELS]
     for split in splits:
         split.run(args.warmup)
-        split.timer.seconds.clear()
-        split.totals.clear()
-        split.steps.clear()
+        split.reset()
     for start in range(0, args.steps, SPLIT_CHUNK):
         for split in splits:
             split.run(min(SPLIT_CHUNK, args.steps - start))

@@ -137,7 +137,6 @@ def test_equal_budget_t_interval_matches_scipys_one_sample_t_test() -> None:
 
 def test_cold_items_report_renders_map_and_variant_rows() -> None:
     """Both kinds of comparison row (post-hoc maps, retrained variants) render with their own numbers."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "studies"))
     from benchmarks.studies import cold_items
 
     def row(base: float, new: float, gap: float) -> dict:

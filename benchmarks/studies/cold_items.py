@@ -24,7 +24,7 @@ Usage::
     python benchmarks/studies/cold_items.py --data /work/lc/data-r300000-x1 \\
         --runs /work/lc/runs/r300000-x1/hiformer-s0 /work/lc/runs/r300000-x1/hiformer-s1 \\
         --tower-checkpoint runs/towers/caformer_fm.pt
-    python benchmarks/studies/cold_items.py --data /work/lc/data-r1000000-x1 --runs RUN [RUN ...] \
+    python benchmarks/studies/cold_items.py --data /work/lc/data-r1000000-x1 --runs RUN [RUN ...] \\
         --click-only --click-epochs 2 --out cold_items_click_1m
 """
 
@@ -57,6 +57,7 @@ from features.loader import RankLoader  # noqa: E402
 from features.processor import FeatureMap, processed_files  # noqa: E402
 from features.schema import OOV_ID  # noqa: E402
 from pipelines.metrics import EvalConfig, compare  # noqa: E402
+from pipelines.metrics import auc as metrics_auc  # noqa: E402
 from ranker.build import VisionConfig, build_tower, cached_item_embeddings  # noqa: E402
 from ranker.export import load_exported  # noqa: E402
 from ranker.model import Ranker  # noqa: E402
@@ -147,6 +148,13 @@ def tower_map(
     return table, float(r2)
 
 
+def item_token(model: Ranker) -> tuple[int, torch.Tensor]:
+    """(position of the item token among the model's tokens, the item table ``rows x D``)."""
+    dense = model.dense_arch.num_tokens if model.dense_arch else 0
+    table = model.sparse_arch.ebc.embedding_bags[f"t_{ITEM_FEATURE}"].weight
+    return dense + model.sparse_arch.feature_names.index(ITEM_FEATURE), table
+
+
 def click_map(
     model: Ranker, features: Path, x: np.ndarray, ids: np.ndarray, epochs: int, seed: int = 0
 ) -> tuple[np.ndarray, float]:
@@ -156,13 +164,9 @@ def click_map(
     model's cold-item behaviour) and only g learns, by the rows' weighted log loss. The other 20% of those items
     stand in for cold ones: their training rows, scored through g, pick the best epoch by AUC. Returns the
     ``n_items x D`` table of mapped tokens and that held-out-item AUC."""
-    from sklearn.metrics import roc_auc_score
-
     fmap = FeatureMap.load(features)
-    position = model.sparse_arch.feature_names.index(ITEM_FEATURE) + (
-        model.dense_arch.num_tokens if model.dense_arch else 0
-    )
-    oov = model.sparse_arch.ebc.embedding_bags[f"t_{ITEM_FEATURE}"].weight[OOV_ID].detach()  # (D,)
+    position, table = item_token(model)
+    oov = table[OOV_ID].detach()  # (D,)
     model.eval().requires_grad_(False)
     mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
     inputs = torch.from_numpy(((x - mean) / std).astype(np.float32))  # (n_items, De), standardised per column
@@ -200,7 +204,7 @@ def click_map(
                 logits, labels, _ = rows(batch, 2)
                 scores.append(logits)
                 truth.append(labels)
-        auc = float(roc_auc_score(torch.cat(truth).numpy(), torch.cat(scores).numpy()))
+        auc = float(metrics_auc(torch.cat(scores).numpy(), torch.cat(truth).numpy()))
         print(f"[cold] click map epoch {epoch + 1}: held-out items' training-row AUC {auc:.4f}", flush=True)
         if auc > best[0]:
             best = (auc, {k: v.clone() for k, v in net.state_dict().items()})
@@ -219,9 +223,7 @@ def mapped_predictions(model: Ranker, features: Path, table: np.ndarray, out: Pa
     """Test predictions of an exported ``model`` with the item token of out-of-vocabulary rows replaced by
     ``table[item_id]`` (``n_items x D``); written to ``out`` in ``ranker evaluate``'s predictions format."""
     fmap = FeatureMap.load(features)
-    position = model.sparse_arch.feature_names.index(ITEM_FEATURE) + (
-        model.dense_arch.num_tokens if model.dense_arch else 0
-    )
+    position, _ = item_token(model)
     mapped = torch.from_numpy(table.astype(np.float32))
     loader = RankLoader(processed_files(features, "test"), fmap, 4096, mode="eval")
     parts, replaced = [], 0
@@ -291,7 +293,7 @@ def substitution(
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Every map tried, on one run."""
     model = load_exported(run / "export")  # loaded once: every map is scored with this same model
-    weight = model.sparse_arch.ebc.embedding_bags[f"t_{ITEM_FEATURE}"].weight  # (rows, D)
+    _, weight = item_token(model)  # (rows, D)
     rows_out = []
     tables: Iterator[tuple[str, str, np.ndarray, float]] = iter(())
     if not args.click_only:
