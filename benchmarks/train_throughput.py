@@ -65,7 +65,8 @@ PARTS = ("sparse_arch", "dense_arch", "interaction", "heads")
 PEAK_SIZE = 1024  # n of the n x n x n matmul that measures the peak
 DENSE_REPS = 30
 SPLIT_THREADS = 1  # on the shared 2-core box two intra-op threads are several times slower than one
-SPLIT_CHUNK = 10  # timed steps per model in turn in the split process
+SPLIT_CHUNK = 1  # timed steps per model in turn in the split process: the VM's speed drifts within seconds
+SPLIT_COMPILED = ("hiformer", "dcnv2")  # also timed with compile: true in the split (the speed goal's best settings)
 
 
 def peak_rss_mib() -> float:
@@ -243,6 +244,7 @@ def dense_part(ranker: nn.Module, tokens: torch.Tensor, reps: int = DENSE_REPS) 
     with FlopCounterMode(display=False) as counter:
         eager()
     flops = counter.get_total_flops()
+    peak = matmul_peak_gflops()  # next to the timing: this VM's speed drifts, a peak from another moment can be lower
     seconds = statistics.median(spans(eager, reps))
     compiled = make_step(torch.compile(ranker.score_tokens, dynamic=False))
     t0 = time.perf_counter()
@@ -250,6 +252,7 @@ def dense_part(ranker: nn.Module, tokens: torch.Tensor, reps: int = DENSE_REPS) 
     compile_s = time.perf_counter() - t0
     return {
         "ms": round(1e3 * seconds, 3),
+        "matmul_peak_gflops": round(peak, 2),
         "mflop": round(flops / 1e6, 2),
         "gflops_per_s": round(flops / seconds / 1e9, 3),
         "compiled_ms": round(1e3 * statistics.median(spans(compiled, reps)), 3),
@@ -258,16 +261,19 @@ def dense_part(ranker: nn.Module, tokens: torch.Tensor, reps: int = DENSE_REPS) 
 
 
 class Split:
-    """One model's training state in the split process, with its per-part timers and running totals."""
+    """One model's training state in the split process, with its per-part timers and running totals; ``compiled``:
+    the dense part through ``torch.compile`` (``compile: true``), timed as a whole (a part hook would break the
+    compiled graph), its compilation inside the warm-up."""
 
-    def __init__(self, model: str, args: argparse.Namespace) -> None:
-        self.model = model
+    def __init__(self, model: str, args: argparse.Namespace, compiled: bool = False) -> None:
+        self.model, self.compiled = model, compiled
         self.cfg = load_config(CONFIG, {"features": str(args.features), "out_dir": "-", "model.interaction": model})
         seed_everything(self.cfg.seed)
         fmap = FeatureMap.load(args.features)
-        self.dmp, self.optimizer, self.params, _ = build(self.cfg, fmap)
+        self.dmp, self.optimizer, self.params, _ = build(self.cfg, fmap, compiled)
         self.ranker = ranker = self.dmp.module.model
-        self.timer = PartTimer({name: getattr(ranker, name) for name in PARTS if getattr(ranker, name) is not None})
+        parts = () if compiled else PARTS
+        self.timer = PartTimer({name: getattr(ranker, name) for name in parts if getattr(ranker, name) is not None})
         files = processed_files(args.features, "train")
         loader = RankLoader(files, fmap, self.cfg.batch_size, 0, 1, True, self.cfg.seed, "train", 0)
         self.stream = batches(loader)
@@ -276,7 +282,8 @@ class Split:
         def keep_tokens(_: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
             self.seen[:] = [inputs[0].detach()]
 
-        self.timer.handles.append(ranker.interaction.register_forward_pre_hook(keep_tokens))
+        if not compiled:
+            self.timer.handles.append(ranker.interaction.register_forward_pre_hook(keep_tokens))
         self.totals: dict[str, float] = defaultdict(float)
         self.steps: list[float] = []
 
@@ -316,28 +323,32 @@ class Split:
             "forward_other": self.totals["forward"] - sum(parts.values()),
             "backward_optimizer": self.totals["backward_optimizer"],
         }
+        if self.compiled:  # the forward was timed as a whole
+            ms = {k: ms[k] for k in ("data_loading", "forward_other", "backward_optimizer")}
         total, steps = sum(ms.values()), len(self.steps)
         for handle in self.timer.handles:  # the dense part is timed bare: a hook would also break torch.compile's graph
             handle.remove()
         return {
             "model": self.model,
+            "compiled": self.compiled,
             "threads": torch.get_num_threads(),
             "ms_per_step": {k: round(1e3 * v / steps, 3) for k, v in ms.items()},
             "share": {k: round(v / total, 4) for k, v in ms.items()},
             "median_step_ms": round(1e3 * statistics.median(self.steps), 3),
             "samples_per_s": round(self.cfg.batch_size * steps / total, 1),
-            "dense_part": dense_part(self.ranker, self.seen[0]),
+            **({} if self.compiled else {"dense_part": dense_part(self.ranker, self.seen[0])}),
         }
 
 
 def split_all(args: argparse.Namespace) -> None:
-    """All models' splits in one process (worker mode: a single-rank process group for DMP), timed in interleaved
-    chunks of ``SPLIT_CHUNK`` steps so that a machine whose speed drifts (a shared VM) slows every model alike."""
+    """All models' splits in one process (worker mode: a single-rank process group for DMP), eager and for
+    ``SPLIT_COMPILED`` also compiled, timed in interleaved chunks of ``SPLIT_CHUNK`` steps so that a machine whose
+    speed drifts (a shared VM) slows every model alike."""
     silence_known_library_noise()
     torch.set_num_threads(SPLIT_THREADS)
     # An in-process store: a single-rank group needs no rendezvous, and so no listening socket.
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    splits = [Split(model, args) for model in MODELS]
+    splits = [Split(model, args) for model in MODELS] + [Split(model, args, compiled=True) for model in SPLIT_COMPILED]
     for split in splits:
         split.run(args.warmup)
         split.reset()
@@ -345,7 +356,10 @@ def split_all(args: argparse.Namespace) -> None:
         for split in splits:
             split.run(min(SPLIT_CHUNK, args.steps - start))
     out = [split.result() for split in splits]
-    peak = round(matmul_peak_gflops(), 2)
+    # The highest of the peaks measured (one next to each dense-part timing, one here): a lower bound of the machine's.
+    peak = max(
+        [round(matmul_peak_gflops(), 2)] + [s["dense_part"]["matmul_peak_gflops"] for s in out if "dense_part" in s]
+    )
     result = {"splits": out, "peak_rss_mib": round(peak_rss_mib(), 1), "matmul_peak_gflops": peak}
     Path(args.result).write_text(json.dumps(result, indent=2))
     dist.destroy_process_group()
@@ -386,11 +400,15 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     keys = ("data_loading", "embedding_lookup_comm", "dense_arch", "interaction", "heads", "forward_other",
             "backward_optimizer")  # fmt: skip
     for s in report["splits"]:
-        cells = " | ".join(f"{s['ms_per_step'][k]:.1f} ({100 * s['share'][k]:.0f}%)" for k in keys)
-        lines.append(f"| {s['model']} | {cells} | {sum(s['ms_per_step'].values()):.1f} | {s['samples_per_s']:.0f} |")
+        cells = " | ".join(
+            f"{s['ms_per_step'][k]:.1f} ({100 * s['share'][k]:.0f}%)" if k in s["ms_per_step"] else "–" for k in keys
+        )
+        label = f"{s['model']}{' (compile: true)' if s.get('compiled') else ''}"
+        lines.append(f"| {label} | {cells} | {sum(s['ms_per_step'].values()):.1f} | {s['samples_per_s']:.0f} |")
     lines += [
         "",
-        f"Peak RSS of the split process (all five models held at once): {report['split_peak_rss_mib']:.0f} MiB.",
+        f"Peak RSS of the split process (all models held at once): {report['split_peak_rss_mib']:.0f} MiB. "
+        "Compiled rows: the forward is timed as a whole ('rest of forward'), a part hook would break the graph.",
         "Embedding lookup includes TorchRec's input/output distribution (trivial at one rank); the fused row-wise "
         "Adagrad table update runs inside the backward. The interaction's backward is inside "
         "'backward + optimizer'.",
@@ -419,12 +437,13 @@ def dense_part_lines(report: dict[str, Any]) -> list[str]:
         f"## Dense part: interaction + heads, forward + backward ({report['threads']} thread, batch "
         f"{report['batch_size_per_rank']})",
         "",
-        f"Matmul peak measured in the same process: {peak:.1f} GFLOP/s ({PEAK_SIZE} x {PEAK_SIZE} fp32, best of 10).",
+        f"Matmul peak measured in the same process: {peak:.1f} GFLOP/s ({PEAK_SIZE} x {PEAK_SIZE} fp32, best of 10, "
+        "the highest of the measurements taken next to each model's timing).",
         "",
         "| model | ms | MFLOP | GFLOP/s | % of matmul peak | `torch.compile`d ms (speed-up) | compile s |",
         "|---|---|---|---|---|---|---|",
     ]
-    for s in report["splits"]:
+    for s in (s for s in report["splits"] if "dense_part" in s):
         d = s["dense_part"]
         compiled = f"{d['compiled_ms']:.2f} ({d['ms'] / d['compiled_ms']:.2f}x) | {d['compile_s']:.0f}"
         lines.append(

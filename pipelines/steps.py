@@ -1,14 +1,15 @@
 """Pipeline-step plumbing: output directories with a JSON manifest, and resuming finished steps.
 
 A step is a function from a typed config and input artifacts to an output directory. The directory's
-``manifest.json`` records the step name, its config, a fingerprint of its inputs, what it produced and its
-headline numbers. A step whose manifest matches the current fingerprint is complete and is skipped on re-runs
-(``force`` re-runs it).
+``manifest.json`` records the step name, its config, a fingerprint of its inputs and of the project's code, what it
+produced and its headline numbers. A step whose manifest matches the current fingerprint is complete and is skipped
+on re-runs (``force`` re-runs it); after a code change every step runs again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -20,6 +21,24 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("common", "features", "ranker", "vision_towers", "pipelines")  # the code a step's output depends on
+SOURCE_SUFFIXES = (".py", ".cpp")
+
+
+@functools.cache
+def code_version(root: Path = ROOT) -> str:
+    """Hash of the project's source files (names and bytes of every .py / .cpp under its packages).
+
+    Part of every fingerprint, so that a step made by other code is not mistaken for finished (a model trained
+    before a change in the attention, say); documentation and configs do not count.
+    """
+    h = hashlib.sha256()
+    for package in PACKAGES:
+        for f in sorted((root / package).rglob("*")):
+            if f.suffix in SOURCE_SUFFIXES and f.is_file() and "__pycache__" not in f.parts:
+                h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def _stamps(paths: Iterable[Path]) -> Iterable[tuple[Path, int, int]]:
@@ -32,8 +51,10 @@ def _stamps(paths: Iterable[Path]) -> Iterable[tuple[Path, int, int]]:
 
 
 def fingerprint(config: Any, paths: Iterable[Path] = ()) -> str:
-    """Hash of the config and of the input files' names, sizes and modification times."""
+    """Hash of the config, of the project's code (:func:`code_version`) and of the input files' names, sizes and
+    modification times."""
     h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    h.update(code_version().encode())
     for f, size, mtime in _stamps(paths):
         h.update(f"{f}:{size}:{mtime}".encode())
     return h.hexdigest()[:16]
@@ -70,6 +91,7 @@ def write_manifest(out_dir: Path, step: str, fp: str, config: Any, results: dict
     manifest = {
         "step": step,
         "fingerprint": fp,
+        "code_version": code_version(),
         "config": config,
         "results": results,
         "seconds": round(time.time() - started, 3),
