@@ -129,7 +129,8 @@ def test_hiformer_trains_the_same_with_and_without_the_kernel(monkeypatch: pytes
         out.square().mean().backward()
         runs.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
     (out_fused, grads_fused), (out_plain, grads_plain) = runs
-    torch.testing.assert_close(out_fused, out_plain, rtol=1e-5, atol=1e-6)
+    # Two layers of float32 rounding in a different summation order (each op alone is checked to 1e-6 above).
+    torch.testing.assert_close(out_fused, out_plain, rtol=1e-5, atol=1e-5)
     for a, b in zip(grads_fused, grads_plain, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 

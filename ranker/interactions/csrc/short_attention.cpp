@@ -41,6 +41,17 @@ inline void exp16(float* x) {
   }
 }
 
+// out[i] = sum_d row[d] * cols[d][i] over the 16 lanes i: one vector FMA per d.
+inline void combine_lanes(float* out, const float* row, const float (*cols)[L], int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < L; ++i) out[i] = 0.0f;
+  for (int64_t d = 0; d < n; ++d) {
+    const float c = row[d];
+#pragma omp simd
+    for (int64_t i = 0; i < L; ++i) out[i] += c * cols[d][i];
+  }
+}
+
 void check(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.dim() == 4 && t.scalar_type() == at::kFloat && t.device().is_cpu() && t.stride(3) == 1, name,
               ": expected a 4-d float32 CPU tensor with a contiguous last dim");
@@ -77,15 +88,8 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& q, const at::Tensor
       }
       for (int64_t i = 0; i < L; ++i) m[i] = -std::numeric_limits<float>::infinity();
       for (int64_t j = 0; j < S; ++j) {
-        const float* kj = kv.row(b, j, h);
         float* s = st[j];
-#pragma omp simd
-        for (int64_t i = 0; i < L; ++i) s[i] = 0.0f;
-        for (int64_t d = 0; d < dk; ++d) {
-          const float kd = kj[d];
-#pragma omp simd
-          for (int64_t i = 0; i < L; ++i) s[i] += kd * qt[d][i];
-        }
+        combine_lanes(s, kv.row(b, j, h), qt, dk);  // scaled scores of key j against every query row
 #pragma omp simd
         for (int64_t i = 0; i < L; ++i) m[i] = s[i] > m[i] ? s[i] : m[i];
       }
@@ -158,16 +162,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& go, co
 #pragma omp simd
       for (int64_t i = 0; i < L; ++i) dot[i] = 0.0f;
       for (int64_t j = 0; j < S; ++j) {
-        const float* vj = vv.row(b, j, h);
         const float* wj = wb + j * L;
         float* g = gst[j];
-#pragma omp simd
-        for (int64_t i = 0; i < L; ++i) g[i] = 0.0f;
-        for (int64_t e = 0; e < dv; ++e) {
-          const float ve = vj[e];
-#pragma omp simd
-          for (int64_t i = 0; i < L; ++i) g[i] += ve * got[e][i];
-        }
+        combine_lanes(g, vv.row(b, j, h), got, dv);  // dL/dw[., j] = go[i] . v[j]
 #pragma omp simd
         for (int64_t i = 0; i < L; ++i) dot[i] += g[i] * wj[i];
       }
