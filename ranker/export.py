@@ -15,6 +15,7 @@ Layout of an export directory::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import pickle
@@ -128,6 +129,7 @@ def load_exported(export_dir: str | Path) -> Ranker:
     cfg = from_dict(ModelConfig, json.loads((export_dir / "model_config.json").read_text()), str(export_dir))
     # model.pt (or item_embeddings.npy) already holds the tower's trained weights; the pretraining file is not needed.
     cfg = replace_pretrained(cfg, None)
+    cfg = _with_saved_widths(cfg, export_dir / MODEL_FILE)
     images = embeddings = None
     if cfg.vision is not None and cfg.vision.frozen:
         embeddings = np.load(export_dir / ITEM_EMBEDDINGS)
@@ -142,6 +144,29 @@ def load_exported(export_dir: str | Path) -> Ranker:
     state = _load_state(export_dir / MODEL_FILE, set(model.state_dict()))
     model.load_state_dict(restore_packed(model, state), strict=True)
     return model.eval()
+
+
+def _with_saved_widths(cfg: ModelConfig, path: Path) -> ModelConfig:
+    """``cfg`` with Hiformer's value rank and FFN width read from the saved tensors where the config leaves them to
+    the defaults: exports made before the 2·D defaults (2026-12) hold 4·D ones and must keep loading as they were."""
+    kwargs = cfg.chosen_kwargs()
+    if cfg.interaction != "hiformer" or {"rank_v", "ffn_hidden"} <= kwargs.keys() or not path.is_file():
+        return cfg
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a readable state dict: _load_state reports that clearly
+        return cfg
+    if not isinstance(state, dict):
+        return cfg
+    saved: dict[str, Any] = {}
+    if "interaction.layers.0.value.proj.0.weight" in state:  # factorised: (rank_v, S·D)
+        saved["rank_v"] = state["interaction.layers.0.value.proj.0.weight"].shape[0]
+    elif "interaction.layers.0.value.proj.weight" in state:  # the full matrix
+        saved["rank_v"] = None
+    if "interaction.layers.0.ffn.fc1.weight" in state:  # (Q, D, hidden)
+        saved["ffn_hidden"] = state["interaction.layers.0.ffn.fc1.weight"].shape[-1]
+    widths = {k: v for k, v in saved.items() if k not in kwargs}
+    return dataclasses.replace(cfg, interaction_kwargs={**cfg.interaction_kwargs, "hiformer": {**kwargs, **widths}})
 
 
 def _load_state(path: Path, expected: set[str]) -> dict[str, torch.Tensor]:

@@ -188,13 +188,13 @@ def two_task_schema(path: Path) -> Path:
     return path
 
 
-def build_tiny_export(root: Path, vision: Any = None) -> tuple[Path, Path]:
+def build_tiny_export(root: Path, vision: Any = None, hiformer: dict[str, Any] | None = None) -> tuple[Path, Path]:
     """An export (untrained Hiformer, seed 0, two tasks) of the tiny data set under ``root``: (export, features).
 
     ``root/raw`` holds the raw splits; ``root/features`` the fitted map and the processed train and test splits.
     ``vision``: a ``ranker.build.VisionConfig``; the data then has a photo of each of its 30 items
     (:func:`write_tiny_image_dataset`), and a frozen tower's export holds their embeddings (built as training
-    builds them).
+    builds them). ``hiformer``: its hyper-parameters (default: one layer, the rest at the registered defaults).
     """
     import torch
     import torch.distributed.checkpoint as dcp
@@ -216,7 +216,7 @@ def build_tiny_export(root: Path, vision: Any = None) -> tuple[Path, Path]:
     fmap = fit(schema, features)
     for split in ("train", "test"):
         transform(schema, features, split, fmap, row_group_size=32)
-    cfg = ModelConfig(embedding_dim=8, interaction_kwargs={"hiformer": {"num_layers": 1}}, vision=vision)
+    cfg = ModelConfig(embedding_dim=8, interaction_kwargs={"hiformer": hiformer or {"num_layers": 1}}, vision=vision)
     torch.manual_seed(0)
     frozen = vision is not None and vision.frozen
     table = cached_item_embeddings(vision, features, seed=0) if frozen else None

@@ -179,3 +179,25 @@ def test_vision_model_builds_and_trains(tmp_path: Path) -> None:
     assert model.model.vision_arch is not None
     assert model.model.vision_arch.proj.weight.grad is not None
     assert any(p.grad is not None for p in model.model.vision_arch.tower.parameters())
+
+
+def test_exports_from_before_the_2d_default_widths_still_load(tmp_path: Path) -> None:
+    """An export made with the old 4·D value rank and FFN width whose config left them to the defaults (as every
+    default-config export before 2026-12 did) loads with its saved widths and scores as before."""
+    import json
+
+    from ranker.export import load_exported
+    from tests.helpers import build_tiny_export
+
+    old_widths = {"num_layers": 1, "rank_v": 32, "ffn_hidden": 32}  # 4·D at D = 8
+    export_dir, _ = build_tiny_export(tmp_path, hiformer=old_widths)
+    explicit = load_exported(export_dir)
+    config_file = export_dir / "model_config.json"
+    config = json.loads(config_file.read_text())
+    config["interaction_kwargs"]["hiformer"] = {"num_layers": 1}  # as the old default config wrote it
+    config_file.write_text(json.dumps(config))
+    loaded = load_exported(export_dir)
+    layer = loaded.interaction.layers[0]
+    assert (layer.value.rank, layer.ffn.fc1.weight.shape[-1]) == (32, 32)
+    for name, tensor in explicit.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
