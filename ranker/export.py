@@ -129,7 +129,8 @@ def load_exported(export_dir: str | Path) -> Ranker:
     cfg = from_dict(ModelConfig, json.loads((export_dir / "model_config.json").read_text()), str(export_dir))
     # model.pt (or item_embeddings.npy) already holds the tower's trained weights; the pretraining file is not needed.
     cfg = replace_pretrained(cfg, None)
-    cfg = _with_saved_widths(cfg, export_dir / MODEL_FILE)
+    state = _read_state(export_dir / MODEL_FILE)
+    cfg = _with_saved_widths(cfg, state)
     images = embeddings = None
     if cfg.vision is not None and cfg.vision.frozen:
         embeddings = np.load(export_dir / ITEM_EMBEDDINGS)
@@ -141,22 +142,16 @@ def load_exported(export_dir: str | Path) -> Ranker:
         apply_dense_dtype(model, dense_dtype)
     if embedding_dtype != "float32":
         quantize_tables(model, embedding_dtype)
-    state = _load_state(export_dir / MODEL_FILE, set(model.state_dict()))
+    _check_names(state, set(model.state_dict()), export_dir / MODEL_FILE)
     model.load_state_dict(restore_packed(model, state), strict=True)
     return model.eval()
 
 
-def _with_saved_widths(cfg: ModelConfig, path: Path) -> ModelConfig:
+def _with_saved_widths(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> ModelConfig:
     """``cfg`` with Hiformer's value rank and FFN width read from the saved tensors where the config leaves them to
     the defaults: exports made before the 2·D defaults (2026-12) hold 4·D ones and must keep loading as they were."""
     kwargs = cfg.chosen_kwargs()
-    if cfg.interaction != "hiformer" or {"rank_v", "ffn_hidden"} <= kwargs.keys() or not path.is_file():
-        return cfg
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # not a readable state dict: _load_state reports that clearly
-        return cfg
-    if not isinstance(state, dict):
+    if cfg.interaction != "hiformer" or {"rank_v", "ffn_hidden"} <= kwargs.keys():
         return cfg
     saved: dict[str, Any] = {}
     if "interaction.layers.0.value.proj.0.weight" in state:  # factorised: (rank_v, S·D)
@@ -169,18 +164,26 @@ def _with_saved_widths(cfg: ModelConfig, path: Path) -> ModelConfig:
     return dataclasses.replace(cfg, interaction_kwargs={**cfg.interaction_kwargs, "hiformer": {**kwargs, **widths}})
 
 
-def _load_state(path: Path, expected: set[str]) -> dict[str, torch.Tensor]:
-    """The state dict in ``path``, refused with a clear ``ValueError`` unless it is tensors under ``expected`` names."""
-    what = f"{path} is not the model file of this export"
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict in ``path``, refused with a clear ``ValueError`` unless it is a dict of tensors."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)  # never runs code from the file
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        raise ValueError(f"{what}: it does not load as plain tensors ({str(err).splitlines()[0]})") from err
+        raise ValueError(f"{_not_model(path)}: it does not load as plain tensors ({str(err).splitlines()[0]})") from err
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{what}: it holds a {type(state).__name__}, not a state dict of tensors")
+        raise ValueError(f"{_not_model(path)}: it holds a {type(state).__name__}, not a state dict of tensors")
+    return state
+
+
+def _check_names(state: dict[str, torch.Tensor], expected: set[str], path: Path) -> None:
+    """A clear ``ValueError`` unless ``state`` holds exactly the ``expected`` weight names."""
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
         raise ValueError(
-            f"{what}: {len(missing)} weight(s) missing {missing[:3]}, {len(unexpected)} unknown {unexpected[:3]}"
+            f"{_not_model(path)}: {len(missing)} weight(s) missing {missing[:3]}, {len(unexpected)} unknown "
+            f"{unexpected[:3]}"
         )
-    return state
+
+
+def _not_model(path: Path) -> str:
+    return f"{path} is not the model file of this export"

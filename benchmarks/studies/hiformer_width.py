@@ -27,6 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.equal_budget import fmt_interval, t_interval  # noqa: E402
 from benchmarks.runs import cli, train_and_evaluate  # noqa: E402
 
 VARIANTS = {
@@ -56,14 +57,9 @@ def run(features: Path, config: str, variant: dict[str, int], seed: int, out: Pa
 
 
 def paired(a: list[float], b: list[float]) -> str:
-    """Mean of b - a over seeds with a t interval (95%)."""
-    diffs = [y - x for x, y in zip(a, b, strict=True)]
-    mean = statistics.mean(diffs)
-    if len(diffs) < 2:
-        return f"{mean:+.4f}"
-    t = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776}[len(diffs)]
-    half = t * statistics.stdev(diffs) / len(diffs) ** 0.5
-    return f"{mean:+.4f} [{mean - half:+.4f}, {mean + half:+.4f}]"
+    """Mean of b - a over seeds with its 95% t interval."""
+    stat = t_interval([y - x for x, y in zip(a, b, strict=True)])
+    return fmt_interval(stat["mean"], stat["ci_low"], stat["ci_high"])
 
 
 def main() -> None:
